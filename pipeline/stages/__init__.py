@@ -1,0 +1,1 @@
+"""The processing stages, one module each; none of them knows about Kafka."""

@@ -1,0 +1,58 @@
+"""The speakerflow bus contract: every topic and every message shape, declared once.
+
+Producers and consumers import from here; nothing else in the project defines a
+topic name or a message layout. See `topics.registry` for the topics and
+`topics.messages` for the messages and their wire encoding.
+"""
+
+from topics.messages import (
+    SCHEMA_VERSION,
+    AudioChunk,
+    BusMessage,
+    DecodeError,
+    ReportedSpeaker,
+    SessionReport,
+    SessionStart,
+    SessionStop,
+    SpeakerTurn,
+    SpeakerUpdate,
+    SpeechStep,
+    StepEmbedding,
+    decode,
+    encode,
+)
+from topics.registry import (
+    ALL_TOPICS,
+    AUDIO,
+    SESSION_REPORTS,
+    SPEAKER_TURNS,
+    SPEAKER_UPDATES,
+    SPEECH_STEPS,
+    STEP_EMBEDDINGS,
+    TopicSpec,
+)
+
+__all__ = [
+    "ALL_TOPICS",
+    "AUDIO",
+    "SCHEMA_VERSION",
+    "SESSION_REPORTS",
+    "SPEAKER_TURNS",
+    "SPEAKER_UPDATES",
+    "SPEECH_STEPS",
+    "STEP_EMBEDDINGS",
+    "AudioChunk",
+    "BusMessage",
+    "DecodeError",
+    "ReportedSpeaker",
+    "SessionReport",
+    "SessionStart",
+    "SessionStop",
+    "SpeakerTurn",
+    "SpeakerUpdate",
+    "SpeechStep",
+    "StepEmbedding",
+    "TopicSpec",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,233 @@
+"""Every message that travels on the bus, and its wire encoding.
+
+Wire convention (the same on every topic):
+
+- The Kafka key is the session id (UTF-8), so one session's records stay in order
+  on one partition and sessions spread over workers.
+- Every record carries the header ``sf-type`` (the message type, e.g.
+  ``session.start``) and ``sf-schema`` (the schema version, an integer).
+- Metadata messages are JSON objects (the pydantic models below; their JSON
+  Schemas are exported to ``topics/schemas/``).
+- Messages that carry audio (``audio.chunk``, ``speech.step``) put raw PCM
+  s16le 16 kHz mono in the record value and their other fields in headers named
+  ``sf-<field>`` as ASCII decimal or text: no base64, no JSON around audio.
+
+Session control (start, stop) travels in-band on the audio topic and is
+forwarded by each stage, so every stage sees a session's start, audio and stop
+in the order the producer sent them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+SAMPLE_RATE = 16_000
+BYTES_PER_SAMPLE = 2
+
+TYPE_HEADER = "sf-type"
+SCHEMA_HEADER = "sf-schema"
+FIELD_HEADER_PREFIX = "sf-"
+
+SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+Samples = Annotated[int, Field(ge=0, description="position in samples at 16 kHz since the session's first sample")]
+
+
+class DecodeError(ValueError):
+    """A record that does not match the contract; the message says which part."""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    TYPE: ClassVar[str]
+    session_id: SessionId
+
+
+class _JsonMessage(_Message):
+    """A message whose whole value is its JSON form."""
+
+
+class _AudioMessage(_Message):
+    """A message whose value is PCM s16le and whose other fields ride in headers."""
+
+    pcm: bytes = Field(default=b"", exclude=True, description="the record value: PCM s16le, 16 kHz, mono")
+
+    @model_validator(mode="after")
+    def _whole_samples(self) -> _AudioMessage:
+        if len(self.pcm) % BYTES_PER_SAMPLE:
+            raise ValueError(f"PCM length {len(self.pcm)} is not a whole number of 16-bit samples")
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.pcm) // BYTES_PER_SAMPLE
+
+
+# ---- session input: audio and control -------------------------------------------------
+
+
+class AudioChunk(_AudioMessage):
+    """A piece of a session's audio as the producer sent it."""
+
+    TYPE: ClassVar[str] = "audio.chunk"
+    seq: int = Field(ge=0, description="record number within the session, counting control records too")
+    offset: Samples = Field(description="stream position of the chunk's first sample")
+    sample_rate: Literal[16000] = SAMPLE_RATE
+    producer: str = Field(min_length=1, max_length=128, description="id of the producer instance")
+
+
+class SessionStart(_JsonMessage):
+    TYPE: ClassVar[str] = "session.start"
+    type: Literal["session.start"] = "session.start"
+    seq: int = Field(default=0, ge=0)
+    num_speakers: int | None = Field(
+        default=2, ge=1, le=64, description="speakers to track; the first N distinct voices, others ignored"
+    )
+    max_speakers: int = Field(default=20, ge=1, le=64, description="upper bound when num_speakers is not given")
+    producer: str = Field(default="unknown", min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _count_within_bound(self) -> SessionStart:
+        if self.num_speakers is not None and self.num_speakers > self.max_speakers:
+            raise ValueError("num_speakers must not exceed max_speakers")
+        return self
+
+    @property
+    def speaker_limit(self) -> int:
+        return self.num_speakers if self.num_speakers is not None else self.max_speakers
+
+
+class SessionStop(_JsonMessage):
+    TYPE: ClassVar[str] = "session.stop"
+    type: Literal["session.stop"] = "session.stop"
+    seq: int = Field(ge=0)
+    offset: Samples = Field(description="total samples the producer sent before stopping")
+    producer: str = Field(default="unknown", min_length=1, max_length=128)
+
+
+# ---- between stages ---------------------------------------------------------------------
+
+
+class SpeechStep(_AudioMessage):
+    """One step of the stream after VAD; pcm is the voiced window to embed, or empty."""
+
+    TYPE: ClassVar[str] = "speech.step"
+    step: int = Field(ge=0, description="step number within the session")
+    start: Samples
+    end: Samples
+    voiced: int = Field(ge=0, description="voiced samples inside [start, end)")
+    ingest_ms: int = Field(ge=0, description="bus timestamp (ms) of the newest audio record in this step")
+
+
+class StepEmbedding(_JsonMessage):
+    TYPE: ClassVar[str] = "step.embedding"
+    type: Literal["step.embedding"] = "step.embedding"
+    step: int = Field(ge=0)
+    start: Samples
+    end: Samples
+    voiced: int = Field(ge=0)
+    ingest_ms: int = Field(ge=0)
+    embedding: list[float] | None = Field(description="L2-normalised speaker embedding of the step's window, if any")
+
+
+# ---- results ----------------------------------------------------------------------------
+
+
+class SpeakerUpdate(_JsonMessage):
+    TYPE: ClassVar[str] = "speaker.update"
+    type: Literal["speaker.update"] = "speaker.update"
+    position_ms: int = Field(ge=0, description="stream position this update describes")
+    current_speaker: int | None = Field(description="speaker talking at position_ms, null in silence")
+    speaking_time_ms: dict[int, int] = Field(description="speaking time so far per speaker id")
+    ingest_ms: int = Field(ge=0, description="bus timestamp (ms) of the newest audio this update covers")
+
+
+class SpeakerTurn(_JsonMessage):
+    TYPE: ClassVar[str] = "speaker.turn"
+    type: Literal["speaker.turn"] = "speaker.turn"
+    speaker: int = Field(ge=0)
+    start_ms: int = Field(ge=0)
+    end_ms: int = Field(ge=0)
+    final: bool = Field(description="false while the turn is still open; a final turn never changes")
+
+
+class ReportedSpeaker(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: int = Field(ge=0)
+    total_time_ms: int = Field(ge=0)
+
+
+class ReportedTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    speaker: int = Field(ge=0)
+    start_ms: int = Field(ge=0)
+    end_ms: int = Field(ge=0)
+
+
+class SessionReport(_JsonMessage):
+    TYPE: ClassVar[str] = "session.report"
+    type: Literal["session.report"] = "session.report"
+    duration_ms: int = Field(ge=0)
+    speakers: list[ReportedSpeaker]
+    turns: list[ReportedTurn]
+
+
+BusMessage = Union[
+    AudioChunk, SessionStart, SessionStop, SpeechStep, StepEmbedding, SpeakerUpdate, SpeakerTurn, SessionReport
+]
+MESSAGE_TYPES: dict[str, type[_Message]] = {
+    cls.TYPE: cls
+    for cls in (AudioChunk, SessionStart, SessionStop, SpeechStep, StepEmbedding, SpeakerUpdate, SpeakerTurn, SessionReport)
+}
+
+Headers = list[tuple[str, bytes]]
+
+
+def encode(message: BusMessage) -> tuple[bytes, bytes, Headers]:
+    """Return (key, value, headers) for one record."""
+    headers: Headers = [(TYPE_HEADER, message.TYPE.encode()), (SCHEMA_HEADER, str(SCHEMA_VERSION).encode())]
+    key = message.session_id.encode()
+    if isinstance(message, _AudioMessage):
+        fields = message.model_dump(exclude={"session_id", "pcm"})
+        headers += [(FIELD_HEADER_PREFIX + name, str(value).encode()) for name, value in fields.items()]
+        return key, message.pcm, headers
+    return key, message.model_dump_json().encode(), headers
+
+
+def decode(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> BusMessage:
+    """Parse one record; raise DecodeError naming what is wrong."""
+    header_map = dict(headers.items() if isinstance(headers, Mapping) else headers)
+    if not key:
+        raise DecodeError("record has no key (the session id)")
+    raw_type = header_map.get(TYPE_HEADER)
+    if raw_type is None:
+        raise DecodeError(f"record has no {TYPE_HEADER} header")
+    cls = MESSAGE_TYPES.get(raw_type.decode(errors="replace"))
+    if cls is None:
+        raise DecodeError(f"unknown message type {raw_type!r}")
+    schema = header_map.get(SCHEMA_HEADER, b"")
+    if schema != str(SCHEMA_VERSION).encode():
+        raise DecodeError(f"unsupported schema version {schema!r} for {cls.TYPE}")
+    try:
+        session_id = key.decode()
+        if issubclass(cls, _AudioMessage):
+            fields = {
+                name[len(FIELD_HEADER_PREFIX) :]: raw.decode()
+                for name, raw in header_map.items()
+                if name.startswith(FIELD_HEADER_PREFIX) and name not in (TYPE_HEADER, SCHEMA_HEADER)
+            }
+            return cls.model_validate({**fields, "session_id": session_id, "pcm": value or b""})
+        body = json.loads(value or b"")
+        if not isinstance(body, dict):
+            raise DecodeError(f"{cls.TYPE} value is not a JSON object")
+        message = cls.model_validate(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
+        raise DecodeError(f"malformed {cls.TYPE}: {exc}") from exc
+    if message.session_id != session_id:
+        raise DecodeError(f"{cls.TYPE} for session {message.session_id!r} carried under key {session_id!r}")
+    return message  # type: ignore[return-value]
