@@ -55,7 +55,7 @@ def report_segments(report: SessionReport) -> list[Segment]:
 def _activity(segments: list[Segment], speakers: list[str], length: int) -> np.ndarray:
     grid = np.zeros((len(speakers), length), bool)
     for s in segments:
-        grid[speakers.index(s.speaker), int(s.start_s / _GRID_S) : int(s.end_s / _GRID_S)] = True
+        grid[speakers.index(s.speaker), round(s.start_s / _GRID_S) : round(s.end_s / _GRID_S)] = True
     return grid
 
 

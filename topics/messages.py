@@ -77,7 +77,7 @@ class AudioChunk(_AudioMessage):
     TYPE: ClassVar[str] = "audio.chunk"
     seq: int = Field(ge=0, description="record number within the session, counting control records too")
     offset: Samples = Field(description="stream position of the chunk's first sample")
-    sample_rate: Literal[16000] = SAMPLE_RATE
+    sample_rate: int = Field(default=SAMPLE_RATE, ge=SAMPLE_RATE, le=SAMPLE_RATE, description="always 16000")
     producer: str = Field(min_length=1, max_length=128, description="id of the producer instance")
 
 

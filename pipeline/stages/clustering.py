@@ -92,10 +92,8 @@ class ClusteringStage:
         return outputs
 
     def stop(self, state: ClusteringSessionState, session_id: str) -> list[ClusteringOutput]:
+        # Voiced time still unattributed here was never near a named speaker: it stays uncounted.
         outputs: list[ClusteringOutput] = []
-        if state.unattributed and state.speaking is not None:
-            state.voiced_samples[state.speaking] += state.unattributed
-            state.unattributed = 0
         if state.turn is not None:
             outputs.append(self._close_turn(state, session_id))
         totals = self.speaking_time_ms(state)

@@ -174,11 +174,13 @@ class VadStage:
     def _emit(self, state: VadSessionState, session_id: str, final: bool) -> list[SpeechStep]:
         steps = []
         labelled_end = state.buffer_start + len(state.buffer_pcm)
+        # Frames of a pause still in progress are provisionally voiced; only what precedes them is final.
+        final_end = labelled_end - state.pause_frames * self.config.frame_samples
         while True:
             start = state.next_step * self._step
             end = start + self._step
             # A step waits for its right-hand context unless the stream has ended.
-            if not final and end + self._context > labelled_end:
+            if not final and end + self._context > final_end:
                 break
             if final and start >= labelled_end:
                 break

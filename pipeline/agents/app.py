@@ -1,0 +1,86 @@
+"""Faust app construction and the glue every stage agent shares."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from faust.types import EventT
+
+from pipeline.settings import Settings
+from topics import BusMessage, DecodeError, TopicSpec, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+def build_app(stage: str, settings: Settings) -> faust.App:
+    return faust.App(
+        f"speakerflow-{stage}",
+        broker=f"kafka://{settings.kafka.replace(',', ';kafka://')}",
+        # Tables live in memory and are rebuilt from their changelog topics when a worker takes a partition.
+        store="memory://",
+        topic_partitions=8,
+        # Sessions started before the worker came up are still processed.
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_acks=-1,
+    )
+
+
+def bus_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
+    """A declared bus topic; values stay bytes so `topics.decode` owns the wire format.
+
+    Workers run `ensure_topics` first; the config here only matters if Faust ever has to create one.
+    """
+    return app.topic(
+        spec.name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions,
+        config=spec.kafka_config(),
+    )
+
+
+def session_table(app: faust.App, name: str, spec: TopicSpec) -> faust.Table:
+    # Co-partitioned with the stage's input topic, so a session's state moves with its partition.
+    return app.Table(
+        name,
+        partitions=spec.partitions,
+        key_type=bytes,  # bytes keys and values: raw serializers, our own encoding
+        value_type=bytes,
+    )
+
+
+def changelog_specs(app: faust.App) -> list[TopicSpec]:
+    """The app's table changelogs, created up front like the bus topics so Faust never races their metadata."""
+    return [
+        TopicSpec(
+            name=table.changelog_topic.get_topic_name(),
+            description=f"changelog of the {table.name} table",
+            messages=(),
+            retention_ms=None,
+            cleanup_policy="compact",
+            partitions=table.partitions,
+        )
+        for table in app.tables.values()
+    ]
+
+
+def decode_event(event: EventT) -> BusMessage | None:
+    """The event's message, or None (logged) if it breaks the contract: one bad record never stops a stage."""
+    try:
+        return decode(event.key, event.value, event.headers or {})
+    except DecodeError as exc:
+        log.warning("skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
+        return None
+
+
+def ingest_ms(event: EventT) -> int:
+    return int(event.message.timestamp * 1000)
+
+
+async def send(topic: faust.TopicT, message: BusMessage) -> None:
+    key, value, headers = encode(message)
+    await topic.send(key=key, value=value, headers=headers)

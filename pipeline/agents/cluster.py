@@ -1,0 +1,62 @@
+"""Clustering agent: speakerflow.step-embeddings -> speaker updates, turns and reports."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from pipeline.agents.app import bus_topic, decode_event, send, session_table
+from pipeline.config import Profile
+from pipeline.stages.clustering import ClusteringSessionState, ClusteringStage
+from topics import (
+    SESSION_REPORTS,
+    SPEAKER_TURNS,
+    SPEAKER_UPDATES,
+    STEP_EMBEDDINGS,
+    SessionReport,
+    SessionStart,
+    SessionStop,
+    SpeakerTurn,
+    StepEmbedding,
+)
+
+log = logging.getLogger(__name__)
+
+
+def register(app: faust.App, profile: Profile) -> None:
+    source = bus_topic(app, STEP_EMBEDDINGS)
+    sinks = {
+        SpeakerTurn: bus_topic(app, SPEAKER_TURNS),
+        SessionReport: bus_topic(app, SESSION_REPORTS),
+    }
+    updates = bus_topic(app, SPEAKER_UPDATES)
+    sessions = session_table(app, "cluster-sessions", STEP_EMBEDDINGS)
+    stage = ClusteringStage(profile.clustering)
+
+    @app.agent(source)
+    async def cluster(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = decode_event(event)
+            if message is None:
+                continue
+            key = event.key
+            stored = sessions.get(key)
+            state = ClusteringSessionState.model_validate_json(stored) if stored is not None else None
+            if isinstance(message, SessionStart):
+                if state is None:
+                    sessions[key] = stage.start(message).model_dump_json().encode()
+                continue
+            if state is None:
+                log.warning("%s for unknown session %s", message.TYPE, message.session_id)
+                continue
+            if isinstance(message, StepEmbedding):
+                outputs = stage.push(state, message)
+                sessions[key] = state.model_dump_json().encode()
+            elif isinstance(message, SessionStop):
+                outputs = stage.stop(state, message.session_id)
+                del sessions[key]
+            else:
+                continue
+            for output in outputs:
+                await send(sinks.get(type(output), updates), output)

@@ -1,0 +1,46 @@
+"""VAD agent: speakerflow.audio -> speakerflow.speech-steps."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from pipeline.agents.app import bus_topic, decode_event, ingest_ms, send, session_table
+from pipeline.config import Profile
+from pipeline.stages.vad import SileroVad, VadSessionState, VadStage
+from topics import AUDIO, SPEECH_STEPS, AudioChunk, SessionStart, SessionStop
+
+log = logging.getLogger(__name__)
+
+
+def register(app: faust.App, profile: Profile) -> None:
+    source, sink = bus_topic(app, AUDIO), bus_topic(app, SPEECH_STEPS)
+    sessions = session_table(app, "vad-sessions", AUDIO)
+    stage = VadStage(profile.vad, SileroVad())
+
+    @app.agent(source)
+    async def vad(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = decode_event(event)
+            if message is None:
+                continue
+            key = event.key
+            stored = sessions.get(key)
+            state = VadSessionState.from_bytes(stored) if stored is not None else None
+            if isinstance(message, SessionStart):
+                if state is None:  # a replayed start of a running session changes nothing
+                    sessions[key] = VadSessionState(last_seq=message.seq).to_bytes()
+                    await send(sink, message)
+            elif state is None:
+                log.warning("%s for unknown session %s (not started, or already stopped)", message.TYPE, message.session_id)
+            elif isinstance(message, AudioChunk):
+                steps = stage.push(state, message, ingest_ms(event))
+                sessions[key] = state.to_bytes()
+                for step in steps:
+                    await send(sink, step)
+            elif isinstance(message, SessionStop) and message.seq > state.last_seq:
+                for step in stage.finish(state, message.session_id):
+                    await send(sink, step)
+                await send(sink, message)
+                del sessions[key]

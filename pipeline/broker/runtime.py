@@ -1,0 +1,570 @@
+"""A real single-node Apache Kafka broker (KRaft, broker+controller in one JVM) for dev, tests and CI.
+
+The broker's classpath is collected from Maven Central with ``kafka-pom.xml`` into a cache outside
+the repository (:func:`assemble`); :class:`KafkaBroker` formats a data directory and runs
+``kafka.Kafka`` on 127.0.0.1, either attached to the calling process or detached (``make up``).
+
+Version choice: KAFKA_VERSION is the newest 4.x release that can be assembled from Maven Central and
+passes our aiokafka 0.14.0 checks (headers round trip, consumer group commit, topic configs via the
+admin client, transactions). 4.4.0 is excluded because its ``kafka-tools-api`` artifact, a
+dependency of ``kafka_2.13:4.4.0``, is not published on Maven Central, so it cannot be assembled.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "KAFKA_VERSION",
+    "BrokerError",
+    "DetachedBroker",
+    "KafkaBroker",
+    "assemble",
+    "cache_root",
+    "detached_info",
+    "stop_detached",
+]
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.3.1"
+
+POM_PATH = Path(__file__).with_name("kafka-pom.xml")
+_MARKER = ".complete"
+_STATE_FILE = "broker.json"
+_NODE_ID = 1
+_HEAP = "512m"
+_STOP_GRACE_S = 20.0
+
+
+class BrokerError(RuntimeError):
+    """Assembling, starting or stopping the local Kafka broker failed."""
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def cache_root() -> Path:
+    """Root of speakerflow's download cache: ``$SPEAKERFLOW_CACHE`` or ``~/.cache/speakerflow``."""
+    env = os.environ.get("SPEAKERFLOW_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "speakerflow"
+
+
+def assemble(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> Path:
+    """Ensure the broker's jars for ``version`` are in the cache; return the ``libs`` directory.
+
+    Fast when already assembled (a marker file is written only after a complete copy). Concurrent
+    callers (pytest workers, ``make up``) serialise on a lock file so Maven runs at most once.
+    """
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    version_dir = root / f"kafka-{version}"
+    libs = version_dir / "libs"
+    if _is_assembled(libs, version):
+        return libs
+
+    version_dir.mkdir(parents=True, exist_ok=True)
+    with open(version_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_assembled(libs, version):  # another process finished while we waited
+            return libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                "Maven ('mvn') is not on PATH; it is needed once to download the Kafka broker "
+                f"jars into {libs}. Install Maven 3.6+ and Java 17+."
+            )
+        # Copy into a fresh staging dir and rename at the end, so an interrupted run never
+        # leaves a half-filled libs/ that looks usable.
+        staging = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=version_dir))
+        cmd = [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(POM_PATH),
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ]
+        log.info("assembling Kafka %s into %s (mvn dependency:copy-dependencies)", version, libs)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=version_dir,  # keep Maven's target/ and friends out of the repository
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise BrokerError(
+                    f"mvn failed (exit {proc.returncode}) while assembling Kafka {version}:\n"
+                    f"$ {' '.join(cmd)}\n{_tail(proc.stdout, 40)}"
+                )
+            jars = sorted(p.name for p in staging.glob("*.jar"))
+            if f"kafka_2.13-{version}.jar" not in jars:
+                raise BrokerError(
+                    f"mvn succeeded but kafka_2.13-{version}.jar is missing from {staging}:\n"
+                    f"{_tail(proc.stdout, 40)}"
+                )
+            if libs.exists():
+                shutil.rmtree(libs)  # unmarked leftovers of an older, incomplete layout
+            staging.rename(libs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        (libs / _MARKER).write_text("\n".join(jars) + "\n")
+        log.info("assembled Kafka %s (%d jars) in %.1fs", version, len(jars), time.monotonic() - started)
+    return libs
+
+
+def _is_assembled(libs: Path, version: str) -> bool:
+    return (libs / _MARKER).is_file() and (libs / f"kafka_2.13-{version}.jar").is_file()
+
+
+# --------------------------------------------------------------------------- broker
+
+
+@dataclass(frozen=True)
+class DetachedBroker:
+    """What a detached broker records in ``<data_dir>/broker.json`` for later processes."""
+
+    pid: int
+    port: int
+    controller_port: int
+    version: str
+    log_path: str
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class KafkaBroker:
+    """A single-node KRaft Kafka broker on 127.0.0.1.
+
+    >>> with KafkaBroker() as broker:
+    ...     use(broker.bootstrap_servers)
+
+    Without ``data_dir`` a fresh temporary directory is used and removed by :meth:`stop`; a given
+    ``data_dir`` is kept (and an already formatted one is reused as is).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+        version: str = KAFKA_VERSION,
+        log_path: Path | None = None,
+    ) -> None:
+        self._owns_data_dir = data_dir is None
+        # Absolute, because the JVM runs with data_dir as cwd and detached lookups match on the path.
+        self.data_dir = (
+            Path(tempfile.mkdtemp(prefix="speakerflow-kafka-")) if data_dir is None else Path(data_dir)
+        ).resolve()
+        self.port, self.controller_port = _pick_ports(port, controller_port)
+        self.version = version
+        self.log_path = Path(log_path).resolve() if log_path is not None else self.data_dir / "server.log"
+        self._jvm_out_path = self.data_dir / "jvm.out"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._detached = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 60.0, detach: bool = False) -> KafkaBroker:
+        """Format storage if needed, launch the JVM and wait until the broker serves metadata.
+
+        With ``detach=True`` the JVM gets its own session (it survives this process and terminal
+        signals) and ``<data_dir>/broker.json`` is written for :func:`stop_detached`.
+        """
+        if self.is_running():
+            return self
+        java = _java()
+        libs = assemble(self.version)
+        classpath = str(libs / "*")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        props = self._write_server_properties()
+        log4j = self._write_log4j_config()
+        jvm_opts = [
+            f"-Xmx{_HEAP}",
+            "-Xms64m",
+            # Serial GC: fewer GC threads on small CI machines; pauses are irrelevant at this heap.
+            "-XX:+UseSerialGC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+        ]
+
+        started = time.monotonic()
+        self._format_storage(java, jvm_opts, classpath, props)
+
+        jvm_out = open(self._jvm_out_path, "ab")
+        try:
+            self._proc = subprocess.Popen(
+                [java, *jvm_opts, "-cp", classpath, "kafka.Kafka", str(props)],
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=jvm_out,
+                stderr=subprocess.STDOUT,
+                start_new_session=detach,
+            )
+        finally:
+            jvm_out.close()
+        self._detached = detach
+        log.info(
+            "starting Kafka %s (pid %d) on %s, data in %s",
+            self.version,
+            self._proc.pid,
+            self.bootstrap_servers,
+            self.data_dir,
+        )
+        try:
+            self._wait_ready(started + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        if detach:
+            self._write_state()
+        log.info("Kafka ready on %s after %.1fs", self.bootstrap_servers, time.monotonic() - started)
+        return self
+
+    def stop(self, grace: float = _STOP_GRACE_S) -> None:
+        """SIGTERM the broker (SIGKILL after ``grace`` seconds); remove a temporary data_dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            log.info("stopping Kafka (pid %d)", proc.pid)
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("Kafka (pid %d) ignored SIGTERM for %.0fs; killing it", proc.pid, grace)
+                proc.kill()
+                proc.wait()
+        (self.data_dir / _STATE_FILE).unlink(missing_ok=True)
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"KafkaBroker({self.bootstrap_servers}, version={self.version}, data_dir={self.data_dir})"
+
+    # -- internals
+
+    def _write_server_properties(self) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(_NODE_ID),
+            # A static voter set (rather than 4.x's dynamic quorum) keeps the controller endpoint out
+            # of the formatted metadata, so a reused data_dir may come back on different ports.
+            "controller.quorum.voters": f"{_NODE_ID}@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.data_dir / "kraft-logs"),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # One partition each instead of 50: the first group/transaction coordinator lookup on
+            # a fresh broker is then near-instant, and a single node gains nothing from more.
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _write_log4j_config(self) -> Path:
+        path = self.data_dir / "log4j2.properties"
+        path.write_text(
+            "\n".join(
+                [
+                    "status = warn",
+                    "appender.file.type = File",
+                    "appender.file.name = FILE",
+                    f"appender.file.fileName = {self.log_path}",
+                    "appender.file.layout.type = PatternLayout",
+                    "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.file.ref = FILE",
+                    # Per-request and per-partition state chatter is noise for a dev broker.
+                    "logger.request.name = kafka.request.logger",
+                    "logger.request.level = WARN",
+                    "logger.state.name = state.change.logger",
+                    "logger.state.level = WARN",
+                    "",
+                ]
+            )
+        )
+        return path
+
+    def _format_storage(self, java: str, jvm_opts: list[str], classpath: str, props: Path) -> None:
+        cmd = [
+            java,
+            *jvm_opts,
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "--config",
+            str(props),
+            "--cluster-id",
+            _new_cluster_id(),
+            # A reused data_dir keeps its cluster id and data.
+            "--ignore-formatted",
+        ]
+        proc = subprocess.run(
+            cmd,
+            cwd=self.data_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(
+                f"formatting Kafka storage in {self.data_dir} failed (exit {proc.returncode}):\n"
+                f"{_tail(proc.stdout, 30)}"
+            )
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self._proc is not None
+        last_error: Exception | None = None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise BrokerError(f"Kafka exited with code {code} during startup\n{self._log_tails()}")
+            try:
+                if _NODE_ID in _metadata_broker_ids("127.0.0.1", self.port, timeout=2.0):
+                    return
+            except OSError as exc:  # refused / reset / timed out while the JVM boots
+                last_error = exc
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"Kafka did not serve metadata on {self.bootstrap_servers} in time "
+                    f"(last probe error: {last_error!r})\n{self._log_tails()}"
+                )
+            time.sleep(0.25)
+
+    def _log_tails(self) -> str:
+        parts = []
+        for path in (self.log_path, self._jvm_out_path):
+            with contextlib.suppress(OSError):
+                parts.append(f"--- last lines of {path}:\n{_tail(path.read_text(errors='replace'), 30)}")
+        return "\n".join(parts)
+
+    def _write_state(self) -> None:
+        assert self._proc is not None
+        state = DetachedBroker(
+            pid=self._proc.pid,
+            port=self.port,
+            controller_port=self.controller_port,
+            version=self.version,
+            log_path=str(self.log_path),
+        )
+        tmp = self.data_dir / f"{_STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
+        tmp.replace(self.data_dir / _STATE_FILE)
+
+
+# --------------------------------------------------------------------------- detached brokers
+
+
+def detached_info(data_dir: Path) -> DetachedBroker | None:
+    """The detached broker recorded in ``data_dir`` if it is still running, else None."""
+    try:
+        raw = json.loads((Path(data_dir) / _STATE_FILE).read_text())
+        state = DetachedBroker(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+    return state if _is_our_broker(state.pid, Path(data_dir)) else None
+
+
+def stop_detached(data_dir: Path, grace: float = _STOP_GRACE_S) -> bool:
+    """Stop a broker started with ``start(detach=True)`` on ``data_dir``.
+
+    Returns True if a running broker was stopped, False if none was running. The data is kept.
+    """
+    data_dir = Path(data_dir)
+    state = detached_info(data_dir)
+    if state is None:
+        (data_dir / _STATE_FILE).unlink(missing_ok=True)
+        return False
+    log.info("stopping detached Kafka (pid %d) in %s", state.pid, data_dir)
+    # The broker leads its own session/process group (start_new_session), so signal the group.
+    _signal_group(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _pid_alive(state.pid):
+        if time.monotonic() >= deadline:
+            log.warning("Kafka (pid %d) ignored SIGTERM for %.0fs; killing it", state.pid, grace)
+            _signal_group(state.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            grace = 0
+        time.sleep(0.1)
+    (data_dir / _STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _pid_alive(pid: int) -> bool:
+    # If we are the parent (detached in this very process), reap it so it does not linger as a zombie.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_broker(pid: int, data_dir: Path) -> bool:
+    """Guard against a recycled pid: the process must be a kafka.Kafka JVM for this data_dir."""
+    if not _pid_alive(pid):
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.parent.exists():  # no procfs (macOS): trust the live pid
+        return True
+    try:
+        args = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in args and str(data_dir.resolve() / "server.properties").encode() in args
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home) / "bin" / "java" if java_home else None
+    if candidate is not None and candidate.is_file():
+        return str(candidate)
+    found = shutil.which("java")
+    if found is None:
+        raise BrokerError("Java ('java') is not on PATH and JAVA_HOME is unset; Kafka needs Java 17+.")
+    return found
+
+
+def _pick_ports(port: int | None, controller_port: int | None) -> tuple[int, int]:
+    # Both sockets stay bound until both numbers are chosen, so the two cannot coincide.
+    with contextlib.ExitStack() as stack:
+        chosen = []
+        for wanted in (port, controller_port):
+            if wanted is not None:
+                chosen.append(wanted)
+                continue
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            chosen.append(sock.getsockname()[1])
+    return chosen[0], chosen[1]
+
+
+def _new_cluster_id() -> str:
+    # Kafka's Uuid format (URL-safe base64, no padding); it also avoids a leading '-', which
+    # command-line parsers would take for an option.
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _metadata_broker_ids(host: str, port: int, timeout: float) -> set[int]:
+    """Node ids from a raw Metadata v4 request (no topics).
+
+    Speaking the wire protocol directly keeps readiness checks free of an asyncio loop, so
+    :meth:`KafkaBroker.start` also works from inside running event loops. A KRaft broker only
+    processes requests once it is registered and unfenced, so an answer listing our node means
+    it is ready for clients.
+    """
+    client_id = b"speakerflow-probe"
+    correlation_id = 1
+    header = struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
+    body = struct.pack(">ib", 0, 0)  # topics: empty array; allow_auto_topic_creation: false
+    request = header + body
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        payload = _recv_exact(sock, size)
+    (got_correlation, _throttle, n_brokers) = struct.unpack_from(">iii", payload, 0)
+    if got_correlation != correlation_id:
+        raise ConnectionError(f"unexpected correlation id {got_correlation}")
+    offset = 12
+    ids = set()
+    for _ in range(n_brokers):
+        (node_id,) = struct.unpack_from(">i", payload, offset)
+        offset += 4
+        (host_len,) = struct.unpack_from(">h", payload, offset)
+        offset += 2 + host_len + 4  # host, port
+        (rack_len,) = struct.unpack_from(">h", payload, offset)
+        offset += 2 + max(rack_len, 0)
+        ids.add(node_id)
+    return ids
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by broker")
+        buf += chunk
+    return bytes(buf)
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

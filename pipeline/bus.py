@@ -1,0 +1,92 @@
+"""Kafka plumbing shared by producers, the gateway and the CLI: topics, producers, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from topics import ALL_TOPICS, BusMessage, TopicSpec, encode
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, timeout_s: float = 30.0) -> list[str]:
+    """Create the declared topics that do not exist yet; return the names created.
+
+    Returns only once every partition of every created topic has a leader: with KRaft,
+    metadata reaches the broker's listeners a moment after creation, and clients that
+    look earlier see the topic missing.
+    """
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.kafka_config()) for s in missing]
+                )
+            except TopicAlreadyExistsError:
+                # Another process created them between our listing and our request.
+                pass
+            log.info("created topics %s", ", ".join(s.name for s in missing))
+            await _wait_for_leaders(admin, missing, timeout_s)
+        return [s.name for s in missing]
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
+    wanted = {s.name: s.partitions for s in specs}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(wanted))
+        ready = {
+            t["topic"]
+            for t in described
+            if t["error_code"] == 0 and sum(p["leader"] >= 0 for p in t["partitions"]) == wanted[t["topic"]]
+        }
+        if ready >= wanted.keys():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics without leaders after {timeout_s}s: {sorted(wanted.keys() - ready)}")
+        await asyncio.sleep(0.1)
+
+
+def new_producer(bootstrap: str, **options) -> AIOKafkaProducer:
+    # acks=all with idempotence: a retried send never duplicates or reorders a session's records.
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, **options)
+
+
+async def publish(producer: AIOKafkaProducer, spec: TopicSpec, message: BusMessage) -> None:
+    key, value, headers = encode(message)
+    await producer.send_and_wait(spec.name, value=value, key=key, headers=headers)
+
+
+async def tail_consumer(bootstrap: str, specs: Iterable[TopicSpec]) -> AIOKafkaConsumer:
+    """A group-less consumer on every partition of the topics, starting at their end.
+
+    Each reader of results (a gateway, a replay waiting for its report) sees all
+    sessions' results and keeps those it serves, so any number can run at once.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        # Topics are created from their declarations, so the declared partition count is the real one.
+        partitions = [TopicPartition(spec.name, p) for spec in specs for p in range(spec.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        # seek_to_end is lazy; resolve positions now so nothing published after this call is missed.
+        for tp in partitions:
+            await consumer.position(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer

@@ -1,0 +1,176 @@
+"""The `speakerflow` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.settings import Settings
+
+RUN_DIR = Path(os.environ.get("SPEAKERFLOW_RUN_DIR", ".run"))
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.agents.worker import run_worker
+
+    run_worker(args.stage, settings, loglevel=args.loglevel)
+    return 0
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.gateway.app import serve
+
+    serve(settings)
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.bus import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings.kafka))
+    print(f"created: {', '.join(created)}" if created else "all topics exist")
+    return 0
+
+
+def _load(path: Path):
+    from pipeline.producers.audio_file import AudioFileError, load_pcm16
+
+    try:
+        return load_pcm16(path)
+    except AudioFileError as exc:
+        raise SystemExit(f"speakerflow: {exc}") from None
+
+
+def _print_report(report_speakers: list[tuple[int, int]], reference: Path | None, report) -> None:
+    for speaker, ms in report_speakers:
+        print(f"speaker {speaker}: {ms / 1000:.1f} s")
+    if reference is not None:
+        from pipeline.talktime import compare, format_table, read_rttm
+
+        print()
+        print(format_table(compare(read_rttm(reference), report)))
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.producers.replay import replay
+
+    pcm = _load(args.file)
+    report = asyncio.run(
+        replay(
+            pcm,
+            settings.kafka,
+            session_id=args.session,
+            num_speakers=args.num_speakers,
+            realtime=args.realtime,
+            wait_report_s=None if args.no_wait else settings.report_timeout_s,
+            progress=sys.stderr.isatty(),
+        )
+    )
+    if report is not None:
+        if args.json:
+            print(report.model_dump_json(indent=2))
+        else:
+            _print_report([(s.id, s.total_time_ms) for s in report.speakers], args.reference, report)
+    return 0
+
+
+def _stream(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.demo import LiveView, report_from_event
+    from pipeline.producers.gateway_client import stream_session
+
+    pcm = _load(args.file)
+    url = args.url or f"ws://{settings.gateway_host}:{settings.gateway_port}/ws/session"
+    event = asyncio.run(
+        stream_session(url, pcm, num_speakers=args.num_speakers, realtime=not args.fast, on_event=None if args.quiet else LiveView())
+    )
+    print()
+    if args.json:
+        print(json.dumps(event, indent=2))
+    else:
+        _print_report([(s["id"], s["totalTimeMs"]) for s in event["speakers"]], args.reference, report_from_event("stream", event))
+    return 0
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stack import Stack
+
+    stack = Stack(RUN_DIR.resolve(), settings, broker_port=args.kafka_port).start(detach=True)
+    print(f"speakerflow is up: Kafka {stack.settings.kafka}, gateway {stack.gateway_url} (logs in {RUN_DIR / 'logs'})")
+    return 0
+
+
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stack import stop_detached_stack
+
+    print("stopped" if stop_detached_stack(RUN_DIR.resolve()) else "nothing was running")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(speakers=args.speakers, settings=settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speakerflow",
+        description="Real-time speaker diarization on Kafka. Settings come from SPEAKERFLOW_* environment "
+        "variables (SPEAKERFLOW_KAFKA, SPEAKERFLOW_GATEWAY_HOST/PORT, SPEAKERFLOW_PROFILE, ...); see the README.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run one stage's Faust worker (vad, embed or cluster)")
+    worker.add_argument("stage", choices=["vad", "embed", "cluster"])
+    worker.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(run=_worker)
+
+    commands.add_parser("gateway", help="run the WebSocket gateway").set_defaults(run=_gateway)
+    commands.add_parser("topics", help="create the bus topics declared in topics/").set_defaults(run=_topics)
+
+    replay = commands.add_parser("replay", help="stream a WAV/FLAC onto the bus as one session and print its report")
+    replay.add_argument("file", type=Path, help="any sample rate or channel count; resampled to 16 kHz mono")
+    replay.add_argument("--session", help="session id (default: a new random id)")
+    replay.add_argument("--realtime", action="store_true", help="pace the audio as if it were live")
+    replay.add_argument("--num-speakers", type=int, default=2, help="speakers to track (default 2)")
+    replay.add_argument("--no-wait", action="store_true", help="do not wait for the session report")
+    replay.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.set_defaults(run=_replay)
+
+    stream = commands.add_parser("stream", help="stream a WAV/FLAC through the gateway's WebSocket as a live session")
+    stream.add_argument("file", type=Path)
+    stream.add_argument("--url", help="gateway session URL (default from SPEAKERFLOW_GATEWAY_HOST/PORT)")
+    stream.add_argument("--num-speakers", type=int, default=2, help="speakers to track (default 2)")
+    stream.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    stream.add_argument("--quiet", action="store_true", help="do not print live updates")
+    stream.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
+    stream.add_argument("--json", action="store_true", help="print the report event as JSON")
+    stream.set_defaults(run=_stream)
+
+    up = commands.add_parser("up", help="start Kafka, the workers and the gateway in the background (state in .run/)")
+    up.add_argument("--kafka-port", type=int, default=9092)
+    up.set_defaults(run=_up)
+    commands.add_parser("down", help="stop what `up` started").set_defaults(run=_down)
+
+    demo = commands.add_parser("demo", help="synthesize a conversation and stream it live through the whole dataflow")
+    demo.add_argument("--speakers", type=int, choices=[2, 3], default=2)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    return args.run(args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The WebSocket gateway: live audio from clients onto the bus, each session's results back to them.
+
+Endpoints:
+
+- ``/ws/session``: a client starts a session, streams PCM, stops it and receives the
+  report (see :mod:`pipeline.gateway.protocol`); it may then start another session on
+  the same socket.
+- ``/ws/sessions/{session_id}/events``: read-only; speaker, turn and report events of a
+  session that any producer feeds, for downstream consumers.
+- ``GET /health``: 200 while the producer and the result fan-out run, else 503.
+
+Audio only ever passes through memory on its way to the audio topic; nothing is
+written to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
+from starlette.websockets import WebSocketDisconnected
+
+from pipeline.bus import ensure_topics, new_producer, publish
+from pipeline.gateway.fanout import ResultFanout, Subscription
+from pipeline.gateway.protocol import (
+    ErrorCode,
+    GatewaySession,
+    ProtocolError,
+    ServerEvent,
+    StartAction,
+    StartedEvent,
+    StopAction,
+    parse_action,
+    result_event,
+)
+from pipeline.settings import Settings
+from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate
+from topics.messages import SessionId
+
+__all__ = ["Gateway", "create_app", "serve", "server_config"]
+
+log = logging.getLogger(__name__)
+
+_SESSION_ID = TypeAdapter(SessionId)
+# Policy violation, and "try again later" for a gateway that is not (or no longer) serving.
+_CLOSE_POLICY = 1008
+_CLOSE_TRY_AGAIN = 1013
+# What sending on a socket whose client has left raises.
+_SOCKET_GONE = (WebSocketDisconnect, WebSocketDisconnected)
+
+
+def _new_gateway_id() -> str:
+    return f"gateway-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:128]
+
+
+class Gateway:
+    """What the connections of one running gateway instance share."""
+
+    def __init__(self, settings: Settings, gateway_id: str, producer: AIOKafkaProducer, fanout: ResultFanout) -> None:
+        self.settings = settings
+        self.id = gateway_id
+        self.producer = producer
+        self.fanout = fanout
+        self.producer_running = True
+        # Sessions this instance feeds right now: two sockets feeding one session id would
+        # interleave two seq counters on one stream.
+        self.sessions: set[str] = set()
+
+    async def publish(self, record: SessionStart | AudioChunk | SessionStop) -> None:
+        try:
+            await publish(self.producer, AUDIO, record)
+        except KafkaError as exc:
+            log.warning("publishing %s of session %s failed: %r", record.TYPE, record.session_id, exc)
+            raise ProtocolError(ErrorCode.BUS_UNAVAILABLE, f"could not publish {record.TYPE}: {exc}") from exc
+
+    def health(self) -> dict[str, object]:
+        fanout_running = self.fanout.running
+        return {
+            "status": "ok" if self.producer_running and fanout_running else "unavailable",
+            "gatewayId": self.id,
+            "producer": self.producer_running,
+            "fanout": fanout_running,
+            "sessions": len(self.sessions),
+        }
+
+
+class _SessionSocket:
+    """One client socket on /ws/session, for as many sessions as it runs one after another.
+
+    The receive loop never waits for results: a pump task forwards the session's results
+    and delivers its report, and a deadline task gives up on a report that does not come,
+    so the client is heard (and a disconnect noticed) while its report is pending.
+    """
+
+    def __init__(self, gateway: Gateway, websocket: WebSocket) -> None:
+        self.gateway = gateway
+        self.ws = websocket
+        self.state = GatewaySession(gateway.id, gateway.settings.max_frame_bytes)
+        # The pump, the deadline and the receive loop all send; frames must not interleave.
+        self._send_lock = asyncio.Lock()
+        self._subscription: Subscription | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Task[None] | None = None
+        self._report: SessionReport | None = None
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    if message.get("bytes") is not None:
+                        await self._on_audio(message["bytes"])
+                    elif message.get("text") is not None:
+                        await self._on_action(message["text"])
+                except ProtocolError as exc:
+                    log.debug("session socket error %s: %s", exc.code, exc.message)
+                    await self._send(exc.event())
+        except _SOCKET_GONE:
+            pass
+        finally:
+            await self._abandon()
+
+    async def _on_action(self, text: str) -> None:
+        action = parse_action(text)
+        if isinstance(action, StartAction):
+            await self._start(action)
+        elif isinstance(action, StopAction):
+            await self._stop()
+
+    async def _start(self, action: StartAction) -> None:
+        start = self.state.start(action)
+        if start.session_id in self.gateway.sessions:
+            raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {start.session_id} is being fed by another socket")
+        self.gateway.sessions.add(start.session_id)
+        # Subscribe before the start reaches the workers, so no result of the session can precede us.
+        subscription = self.gateway.fanout.subscribe(start.session_id)
+        try:
+            await self.gateway.publish(start)
+        except BaseException:
+            self.gateway.fanout.unsubscribe(subscription)
+            self.gateway.sessions.discard(start.session_id)
+            raise
+        self.state.commit(start)
+        self._subscription = subscription
+        log.info(
+            "session %s started (num_speakers=%s, max_speakers=%d)",
+            start.session_id,
+            start.num_speakers,
+            start.max_speakers,
+        )
+        await self._send(StartedEvent(num_speakers=start.num_speakers, session_id=start.session_id))
+        self._pump = asyncio.create_task(self._forward_results(subscription))
+
+    async def _on_audio(self, frame: bytes) -> None:
+        if not frame:
+            return  # a keep-alive at most; a record without samples would tell the workers nothing
+        chunk = self.state.audio(frame)
+        await self.gateway.publish(chunk)
+        self.state.commit(chunk)
+
+    async def _stop(self) -> None:
+        stop = self.state.stop()
+        await self.gateway.publish(stop)
+        self.state.commit(stop)
+        log.info("session %s stopped after %d samples; awaiting its report", stop.session_id, stop.offset)
+        if self._report is not None:
+            await self._deliver_report()  # it came before the stop: another producer ended the session
+        else:
+            self._deadline = asyncio.create_task(self._expire(stop.session_id, self.gateway.settings.report_timeout_s))
+
+    async def _forward_results(self, subscription: Subscription) -> None:
+        try:
+            while True:
+                message = await subscription.get()
+                if isinstance(message, SessionReport):
+                    # Held until the client's own stop is on the bus: ending the session while the
+                    # receive loop is publishing one of its records would corrupt its numbering.
+                    self._report = message
+                    if self.state.stopped:
+                        await self._deliver_report()
+                    return
+                # Turns are for subscriber sockets; the session socket gets updates and the report.
+                if isinstance(message, SpeakerUpdate):
+                    await self._send(result_event(message))
+        except _SOCKET_GONE:
+            pass  # the receive loop sees the disconnect and cleans up
+
+    async def _deliver_report(self) -> None:
+        assert self._report is not None
+        report = self._report
+        # Every update read before the report has been sent; finishing first keeps the report last.
+        self._finish()
+        log.info("session %s reported", report.session_id)
+        await self._send(result_event(report))
+
+    async def _expire(self, session_id: str, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        self._finish()
+        log.warning("no report for session %s within %gs", session_id, timeout)
+        error = ProtocolError(ErrorCode.REPORT_TIMEOUT, f"no report for session {session_id} within {timeout:g}s")
+        with contextlib.suppress(*_SOCKET_GONE):
+            await self._send(error.event())
+
+    def _finish(self) -> None:
+        """Forget the current session; the socket may start another."""
+        current = asyncio.current_task()
+        for task in (self._pump, self._deadline):
+            if task is not None and task is not current:
+                task.cancel()
+        self._pump = self._deadline = None
+        if self._subscription is not None:
+            self.gateway.fanout.unsubscribe(self._subscription)
+            self._subscription = None
+        self._report = None
+        if self.state.session_id is not None:
+            self.gateway.sessions.discard(self.state.session_id)
+        self.state.end()
+
+    async def _abandon(self) -> None:
+        """The socket is gone: close its open session on the bus so the workers do not wait for it."""
+        if self.state.active and not self.state.stopped:
+            stop = self.state.stop()
+            try:
+                await self.gateway.publish(stop)
+                self.state.commit(stop)
+                log.info("client of session %s left; published its stop at %d samples", stop.session_id, stop.offset)
+            except ProtocolError:
+                log.error("client of session %s left and its stop could not be published", stop.session_id)
+        tasks = [task for task in (self._pump, self._deadline) if task is not None]
+        self._finish()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, *_SOCKET_GONE):
+                await task
+
+    async def _send(self, event: ServerEvent) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(event.to_json())
+
+
+async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: str) -> None:
+    try:
+        _SESSION_ID.validate_python(session_id)
+    except ValidationError:
+        await websocket.accept()
+        error = ProtocolError(ErrorCode.INVALID_SESSION_ID, f"{session_id!r} is not a valid session id")
+        await websocket.send_text(error.event().to_json())
+        await websocket.close(_CLOSE_POLICY)
+        return
+
+    async def forward(subscription: Subscription) -> None:
+        while True:
+            await websocket.send_text(result_event(await subscription.get()).to_json())
+
+    async def until_disconnect() -> None:
+        # Subscribers have nothing to say; reading is only how a closed socket is noticed.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    # Subscribed before the handshake completes: every result read after the client sees
+    # the socket open reaches it.
+    with gateway.fanout.subscription(session_id) as subscription:
+        await websocket.accept()
+        log.info("subscriber watching session %s", session_id)
+        tasks = {asyncio.create_task(forward(subscription)), asyncio.create_task(until_disconnect())}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, *_SOCKET_GONE):
+                    await task
+        log.info("subscriber of session %s left", session_id)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway application; its lifespan creates the topics, starts the producer and the fan-out."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ensure_topics(settings.kafka)
+        producer = new_producer(settings.kafka)
+        await producer.start()
+        fanout = ResultFanout(settings.kafka)
+        try:
+            # Before accepting any session: the fan-out's position at the end of the result
+            # topics is what guarantees no session's results are missed.
+            await fanout.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        gateway = Gateway(settings, _new_gateway_id(), producer, fanout)
+        app.state.gateway = gateway
+        log.info("gateway %s serving on bus %s", gateway.id, settings.kafka)
+        try:
+            yield
+        finally:
+            app.state.gateway = None
+            gateway.producer_running = False
+            await fanout.stop()
+            await producer.stop()
+            log.info("gateway %s stopped", gateway.id)
+
+    app = FastAPI(title="speakerflow gateway", lifespan=lifespan)
+    app.state.gateway = None
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        gateway: Gateway | None = request.app.state.gateway
+        if gateway is None:
+            return JSONResponse({"status": "unavailable", "producer": False, "fanout": False}, status_code=503)
+        body = gateway.health()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.websocket("/ws/session")
+    async def session_socket(websocket: WebSocket) -> None:
+        gateway: Gateway | None = websocket.app.state.gateway
+        if gateway is None:
+            await websocket.close(_CLOSE_TRY_AGAIN)
+            return
+        await _SessionSocket(gateway, websocket).run()
+
+    @app.websocket("/ws/sessions/{session_id}/events")
+    async def subscriber_socket(websocket: WebSocket, session_id: str) -> None:
+        gateway: Gateway | None = websocket.app.state.gateway
+        if gateway is None:
+            await websocket.close(_CLOSE_TRY_AGAIN)
+            return
+        await _serve_subscriber(gateway, websocket, session_id)
+
+    return app
+
+
+def server_config(settings: Settings, app: FastAPI | None = None, **overrides: object) -> uvicorn.Config:
+    """The uvicorn configuration :func:`serve` uses; ``overrides`` go to ``uvicorn.Config``."""
+    options: dict[str, object] = {
+        "host": settings.gateway_host,
+        "port": settings.gateway_port,
+        "lifespan": "on",  # a gateway that cannot reach the bus must not start serving
+        # Frames a little over the limit get a frame_too_large event; far larger ones close the
+        # socket (1009) before the whole frame is buffered.
+        "ws_max_size": max(4 * settings.max_frame_bytes, 1 << 20),
+        "log_level": "info",
+    }
+    options.update(overrides)
+    return uvicorn.Config(app if app is not None else create_app(settings), **options)  # type: ignore[arg-type]
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway until interrupted."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.Server(server_config(settings)).run()

@@ -1,0 +1,297 @@
+"""The WebSocket protocol of the gateway: what clients send, what they receive, and when.
+
+Clients speak camelCase JSON events; the bus speaks the message shapes of
+:mod:`topics`. This module only translates between the two and keeps the
+per-connection state (:class:`GatewaySession`); it does no I/O, so every rule
+here can be tested without a socket or a broker.
+
+Client actions (text frames)::
+
+    {"action": "start", "num_speakers": 2, "max_speakers": 20, "session_id": "..."}  (all but action optional)
+    {"action": "stop"}
+
+plus binary frames of PCM s16le, 16 kHz, mono.
+
+Server events (text frames)::
+
+    {"event": "started", "num_speakers": 2, "sessionId": "..."}
+    {"event": "speaker", "currentSpeakerId": 0, "speakingTimeMs": {"0": 1200, "1": 500}}
+    {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": true}   (subscribers only)
+    {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000}]}
+    {"event": "error", "code": "...", "message": "..."}
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from enum import StrEnum
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+
+from topics import AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
+from topics.messages import BYTES_PER_SAMPLE, SessionId
+
+__all__ = [
+    "ErrorCode",
+    "ErrorEvent",
+    "GatewaySession",
+    "ProtocolError",
+    "ReportEvent",
+    "ReportSpeaker",
+    "ResultMessage",
+    "ServerEvent",
+    "SpeakerEvent",
+    "StartAction",
+    "StartedEvent",
+    "StopAction",
+    "TurnEvent",
+    "parse_action",
+    "result_event",
+]
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    UNKNOWN_ACTION = "unknown_action"
+    INVALID_START = "invalid_start"
+    ALREADY_STARTED = "already_started"
+    SESSION_IN_USE = "session_in_use"
+    NOT_STARTED = "not_started"
+    ODD_LENGTH_PCM = "odd_length_pcm"
+    FRAME_TOO_LARGE = "frame_too_large"
+    BUS_UNAVAILABLE = "bus_unavailable"
+    REPORT_TIMEOUT = "report_timeout"
+    INVALID_SESSION_ID = "invalid_session_id"
+
+
+class ProtocolError(Exception):
+    """A client mistake or a failed publish, reported to the client as an error event."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def event(self) -> ErrorEvent:
+        return ErrorEvent(code=self.code, message=self.message)
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+# ---- client actions -----------------------------------------------------------------------
+
+
+class StartAction(BaseModel):
+    # Unknown fields are refused so that a typo such as "numSpeakers" does not silently
+    # fall back to the default count.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["start"]
+    # Bounds live on topics.SessionStart, which validates them in session_start(); its defaults
+    # are repeated here only so that an omitted field reads as what the session will get.
+    num_speakers: StrictInt | None = SessionStart.model_fields["num_speakers"].default
+    max_speakers: StrictInt | None = SessionStart.model_fields["max_speakers"].default
+    session_id: SessionId | None = None
+
+    def session_start(self, session_id: str, producer: str) -> SessionStart:
+        """The bus record that opens the session; raises ValidationError if the counts are out of bounds."""
+        counts = self.model_dump(exclude_unset=True, include={"num_speakers", "max_speakers"})
+        if counts.get("max_speakers") is None:
+            counts.pop("max_speakers", None)  # null means "the default bound", not "no bound"
+        return SessionStart(session_id=session_id, seq=0, producer=producer, **counts)
+
+
+class StopAction(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    action: Literal["stop"]
+
+
+ClientAction = Union[StartAction, StopAction]
+
+
+def parse_action(text: str) -> ClientAction:
+    """Parse one text frame; raise ProtocolError (bad_json, unknown_action, invalid_start)."""
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text frame is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"text frame is JSON {type(body).__name__}, expected an object")
+    action = body.get("action")
+    if action == "start":
+        try:
+            return StartAction.model_validate(body)
+        except ValidationError as exc:
+            raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
+    if action == "stop":
+        return StopAction.model_validate(body)
+    raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}; expected 'start' or 'stop'")
+
+
+# ---- server events ------------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+class StartedEvent(_Event):
+    event: Literal["started"] = "started"
+    num_speakers: int | None
+    session_id: str = Field(alias="sessionId")
+
+
+class SpeakerEvent(_Event):
+    event: Literal["speaker"] = "speaker"
+    current_speaker_id: int | None = Field(alias="currentSpeakerId")
+    # JSON object keys are strings; declaring them so keeps the Python view equal to the wire.
+    speaking_time_ms: dict[str, int] = Field(alias="speakingTimeMs")
+
+
+class TurnEvent(_Event):
+    event: Literal["turn"] = "turn"
+    speaker_id: int = Field(alias="speakerId")
+    start_ms: int = Field(alias="startMs")
+    end_ms: int = Field(alias="endMs")
+    final: bool
+
+
+class ReportSpeaker(_Event):
+    id: int
+    total_time_ms: int = Field(alias="totalTimeMs")
+
+
+class ReportEvent(_Event):
+    event: Literal["report"] = "report"
+    speakers: list[ReportSpeaker]
+
+
+class ErrorEvent(_Event):
+    event: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+
+
+ServerEvent = Union[StartedEvent, SpeakerEvent, TurnEvent, ReportEvent, ErrorEvent]
+ResultMessage = Union[SpeakerUpdate, SpeakerTurn, SessionReport]
+
+
+def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEvent:
+    """The client event for one result record of the bus."""
+    if isinstance(message, SpeakerUpdate):
+        return SpeakerEvent(
+            current_speaker_id=message.current_speaker,
+            speaking_time_ms={str(k): v for k, v in sorted(message.speaking_time_ms.items())},
+        )
+    if isinstance(message, SpeakerTurn):
+        return TurnEvent(
+            speaker_id=message.speaker, start_ms=message.start_ms, end_ms=message.end_ms, final=message.final
+        )
+    if isinstance(message, SessionReport):
+        return ReportEvent(speakers=[ReportSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in message.speakers])
+    raise TypeError(f"{type(message).__name__} is not a result message")
+
+
+# ---- per-connection state -----------------------------------------------------------------
+
+
+class GatewaySession:
+    """The protocol state of one client connection, which may run several sessions one after another.
+
+    Methods that build a bus record (:meth:`start`, :meth:`audio`, :meth:`stop`) change
+    nothing; the caller publishes the record and then :meth:`commit`\\ s it. A record that
+    could not be published therefore leaves seq and offset as they were, and the next
+    frame continues the stream without a gap.
+    """
+
+    def __init__(self, producer: str, max_frame_bytes: int) -> None:
+        self.producer = producer
+        self.max_frame_bytes = max_frame_bytes
+        self.session_id: str | None = None
+        self.seq = 0  # seq of the next record
+        self.offset = 0  # samples published so far = offset of the next chunk
+        self.stopped = False
+
+    @property
+    def active(self) -> bool:
+        """A session is open on this connection (started, maybe stopped and awaiting its report)."""
+        return self.session_id is not None
+
+    def start(self, action: StartAction) -> SessionStart:
+        if self.stopped:
+            raise ProtocolError(
+                ErrorCode.ALREADY_STARTED, f"session {self.session_id} is stopping; wait for its report"
+            )
+        if self.active:
+            raise ProtocolError(
+                ErrorCode.ALREADY_STARTED, f"session {self.session_id} is already running on this connection"
+            )
+        session_id = action.session_id or uuid.uuid4().hex
+        try:
+            return action.session_start(session_id, self.producer)
+        except ValidationError as exc:
+            raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
+
+    def audio(self, frame: bytes) -> AudioChunk:
+        self._require_running("audio")
+        if len(frame) > self.max_frame_bytes:
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes exceeds the limit of {self.max_frame_bytes}"
+            )
+        if len(frame) % BYTES_PER_SAMPLE:
+            raise ProtocolError(
+                ErrorCode.ODD_LENGTH_PCM,
+                f"frame of {len(frame)} bytes is not a whole number of 16-bit samples; frame dropped",
+            )
+        assert self.session_id is not None
+        return AudioChunk(
+            session_id=self.session_id, seq=self.seq, offset=self.offset, producer=self.producer, pcm=frame
+        )
+
+    def stop(self) -> SessionStop:
+        self._require_running("stop")
+        assert self.session_id is not None
+        return SessionStop(session_id=self.session_id, seq=self.seq, offset=self.offset, producer=self.producer)
+
+    def commit(self, record: SessionStart | AudioChunk | SessionStop) -> None:
+        """Account for a record that was published."""
+        if isinstance(record, SessionStart):
+            if self.active:
+                raise RuntimeError("commit of a start while a session is open")
+            self.session_id, self.seq, self.offset, self.stopped = record.session_id, 1, 0, False
+            return
+        if record.session_id != self.session_id or record.seq != self.seq or self.stopped:
+            raise RuntimeError(f"commit of {type(record).__name__} seq {record.seq} out of order (next {self.seq})")
+        self.seq += 1
+        if isinstance(record, AudioChunk):
+            self.offset += record.num_samples
+        else:
+            self.stopped = True
+
+    def end(self) -> None:
+        """Forget the session (its report came, or waiting for it gave up); a new one may start."""
+        self.session_id = None
+        self.seq = 0
+        self.offset = 0
+        self.stopped = False
+
+    def _require_running(self, what: str) -> None:
+        if not self.active:
+            raise ProtocolError(ErrorCode.NOT_STARTED, f"{what} before start")
+        if self.stopped:
+            raise ProtocolError(ErrorCode.NOT_STARTED, f"{what} after stop; start a new session")

@@ -1,0 +1,1 @@
+"""Ingest edges: things that put a session's audio onto the bus."""

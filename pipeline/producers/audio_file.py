@@ -1,0 +1,30 @@
+"""Read any WAV/FLAC (any rate, any channel count) as 16 kHz mono s16le."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from topics.messages import SAMPLE_RATE
+
+
+class AudioFileError(ValueError):
+    pass
+
+
+def load_pcm16(path: Path) -> np.ndarray:
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        raise AudioFileError(f"cannot read {path}: {exc}") from exc
+    mono = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    return (np.clip(mono, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def float_to_pcm16(audio: np.ndarray) -> np.ndarray:
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)

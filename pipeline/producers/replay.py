@@ -1,0 +1,63 @@
+"""Replay a recording onto the bus as one session, optionally at real-time pace."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.bus import new_producer, publish, tail_consumer
+from pipeline.producers.pacing import paced_chunks
+from topics import AUDIO, SESSION_REPORTS, AudioChunk, SessionReport, SessionStart, SessionStop, decode, encode
+from topics.messages import SAMPLE_RATE
+
+
+async def replay(
+    pcm: np.ndarray,
+    bootstrap: str,
+    session_id: str | None = None,
+    num_speakers: int | None = 2,
+    realtime: bool = False,
+    chunk_ms: int = 200,
+    wait_report_s: float | None = 120.0,
+    progress: bool = True,
+) -> SessionReport | None:
+    """Publish start, the audio and stop; return the session's report unless wait_report_s is None."""
+    session_id = session_id or uuid.uuid4().hex
+    producer_id = f"replay-{uuid.uuid4().hex[:8]}"
+    # Listen before the first record leaves, so the report cannot slip past.
+    reports = await tail_consumer(bootstrap, [SESSION_REPORTS]) if wait_report_s is not None else None
+    producer = new_producer(bootstrap)
+    await producer.start()
+    try:
+        start = SessionStart(session_id=session_id, num_speakers=num_speakers, producer=producer_id)
+        await publish(producer, AUDIO, start)
+        seq = 0
+        bar = tqdm(total=round(len(pcm) / SAMPLE_RATE, 1), unit="s", desc=session_id[:12], disable=not progress)
+        async for offset, chunk in paced_chunks(pcm, chunk_ms, realtime):
+            seq += 1
+            message = AudioChunk(session_id=session_id, seq=seq, offset=offset, producer=producer_id, pcm=chunk.astype("<i2").tobytes())
+            # Chunks go out without waiting for each ack: the idempotent producer keeps them in order.
+            key, value, headers = encode(message)
+            await producer.send(AUDIO.name, value=value, key=key, headers=headers)
+            bar.update(round(len(chunk) / SAMPLE_RATE, 3))
+        bar.close()
+        await publish(producer, AUDIO, SessionStop(session_id=session_id, seq=seq + 1, offset=len(pcm), producer=producer_id))
+        if reports is None:
+            return None
+        return await asyncio.wait_for(_report_for(reports, session_id), wait_report_s)
+    finally:
+        await producer.stop()
+        if reports is not None:
+            await reports.stop()
+
+
+async def _report_for(consumer, session_id: str) -> SessionReport:
+    async for record in consumer:
+        if record.key == session_id.encode():
+            message = decode(record.key, record.value, record.headers)
+            if isinstance(message, SessionReport):
+                return message
+    raise RuntimeError("report consumer stopped")

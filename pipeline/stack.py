@@ -1,0 +1,188 @@
+"""The whole dataflow on one machine: a Kafka broker, one worker per stage, a gateway.
+
+Used by `make up`/`make down` (detached, state under `.run/`), by the demo and by
+the integration tests (attached: everything stops with the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.broker.runtime import KafkaBroker, stop_detached
+from pipeline.bus import ensure_topics
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGE_WORKERS = ("vad", "embed", "cluster")
+_PROCESSES_FILE = "processes.json"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    settings: Settings = field(default_factory=Settings)
+    broker_port: int | None = None
+    workers: dict[str, int] = field(default_factory=lambda: {stage: 1 for stage in STAGE_WORKERS})
+    broker: KafkaBroker | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+
+    def start(self, detach: bool = False, timeout: float = 180.0) -> Stack:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.broker = KafkaBroker(data_dir=self.run_dir / "kafka", port=self.broker_port)
+        self.broker.start(detach=detach)
+        self.settings = Settings(**{**self.settings.__dict__, "kafka": self.broker.bootstrap_servers})
+        try:
+            asyncio.run(ensure_topics(self.settings.kafka))
+            for stage, count in self.workers.items():
+                for index in range(count):
+                    self._spawn(f"worker-{stage}-{index}", ["worker", stage], detach)
+            self._spawn("gateway", ["gateway"], detach)
+            if detach:
+                self._save()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, args: list[str], detach: bool) -> None:
+        env = {
+            **os.environ,
+            "SPEAKERFLOW_KAFKA": self.settings.kafka,
+            "SPEAKERFLOW_GATEWAY_HOST": self.settings.gateway_host,
+            "SPEAKERFLOW_GATEWAY_PORT": str(self.settings.gateway_port),
+            "SPEAKERFLOW_PROFILE": self.settings.profile,
+            "PYANNOTE_METRICS_ENABLED": "0",
+        }
+        logfile = open(self.run_dir / "logs" / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            env=env,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # so a terminal's Ctrl-C reaches only the launcher, which then stops us in order
+        )
+        logfile.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the gateway answers /health and every stage's consumer group is stable."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if self._gateway_healthy() and asyncio.run(self._groups_stable()):
+                return
+            time.sleep(1.0)
+        raise StackError(f"stack not ready after {timeout:.0f}s; logs in {self.run_dir / 'logs'}")
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = (self.run_dir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise StackError(f"{name} exited with {process.returncode}:\n{tail}")
+
+    def _gateway_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.gateway_url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    async def _groups_stable(self) -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka)
+        await admin.start()
+        try:
+            groups = [f"speakerflow-{stage}" for stage in self.workers]
+            described = await admin.describe_consumer_groups(groups)
+            states = {}
+            for response in described:
+                for group in response.groups:
+                    states[group[1]] = group[2]
+            return all(states.get(g) == "Stable" for g in groups)
+        finally:
+            await admin.close()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _terminate(process.pid)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _kill(process.pid)
+        self.processes.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def _save(self) -> None:
+        record = {"settings": self.settings.__dict__, "pids": {n: p.pid for n, p in self.processes.items()}}
+        (self.run_dir / _PROCESSES_FILE).write_text(json.dumps(record, indent=2))
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_detached_stack(run_dir: Path) -> bool:
+    """Stop what `Stack.start(detach=True)` left running under run_dir; False if nothing was."""
+    record_path = run_dir / _PROCESSES_FILE
+    stopped = False
+    if record_path.exists():
+        pids = json.loads(record_path.read_text())["pids"].values()
+        for pid in pids:
+            _terminate(pid)
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in pids:
+            _kill(pid)
+        record_path.unlink()
+        stopped = True
+    return stop_detached(run_dir / "kafka") or stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
