@@ -37,6 +37,13 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _kafka_jars(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.broker.runtime import KAFKA_VERSION, assemble
+
+    print(f"Kafka {KAFKA_VERSION} jars in {assemble()}")
+    return 0
+
+
 def _load(path: Path):
     from pipeline.producers.audio_file import AudioFileError, load_pcm16
 
@@ -133,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("gateway", help="run the WebSocket gateway").set_defaults(run=_gateway)
     commands.add_parser("topics", help="create the bus topics declared in topics/").set_defaults(run=_topics)
+    commands.add_parser(
+        "kafka-jars", help="collect the Kafka broker's jars from Maven Central into the cache (done by `make setup`)"
+    ).set_defaults(run=_kafka_jars)
 
     replay = commands.add_parser("replay", help="stream a WAV/FLAC onto the bus as one session and print its report")
     replay.add_argument("file", type=Path, help="any sample rate or channel count; resampled to 16 kHz mono")

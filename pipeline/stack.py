@@ -18,7 +18,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.broker.runtime import KafkaBroker, stop_detached
 from pipeline.bus import ensure_topics
@@ -57,7 +56,8 @@ class Stack:
             asyncio.run(ensure_topics(self.settings.kafka))
             for stage, count in self.workers.items():
                 for index in range(count):
-                    self._spawn(f"worker-{stage}-{index}", ["worker", stage], detach)
+                    name = f"worker-{stage}-{index}"
+                    self._spawn(name, ["worker", stage], detach, ready_file=self._ready_file(name))
             self._spawn("gateway", ["gateway"], detach)
             if detach:
                 self._save()
@@ -67,7 +67,13 @@ class Stack:
             raise
         return self
 
-    def _spawn(self, name: str, args: list[str], detach: bool) -> None:
+    def _ready_file(self, name: str) -> Path:
+        return self.run_dir / "ready" / name
+
+    def _spawn(self, name: str, args: list[str], detach: bool, ready_file: Path | None = None) -> None:
+        if ready_file is not None:
+            ready_file.parent.mkdir(exist_ok=True)
+            ready_file.unlink(missing_ok=True)
         env = {
             **os.environ,
             "SPEAKERFLOW_KAFKA": self.settings.kafka,
@@ -75,6 +81,7 @@ class Stack:
             "SPEAKERFLOW_GATEWAY_PORT": str(self.settings.gateway_port),
             "SPEAKERFLOW_PROFILE": self.settings.profile,
             "PYANNOTE_METRICS_ENABLED": "0",
+            **({"SPEAKERFLOW_READY_FILE": str(ready_file)} if ready_file is not None else {}),
         }
         logfile = open(self.run_dir / "logs" / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
@@ -88,13 +95,14 @@ class Stack:
         logfile.close()
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait until the gateway answers /health and every stage's consumer group is stable."""
+        """Wait until the gateway answers /health and every worker has finished starting."""
         deadline = time.monotonic() + timeout
+        workers = [name for name in self.processes if name.startswith("worker-")]
         while time.monotonic() < deadline:
             self._check_alive()
-            if self._gateway_healthy() and asyncio.run(self._groups_stable()):
+            if self._gateway_healthy() and all(self._ready_file(name).exists() for name in workers):
                 return
-            time.sleep(1.0)
+            time.sleep(0.5)
         raise StackError(f"stack not ready after {timeout:.0f}s; logs in {self.run_dir / 'logs'}")
 
     def _check_alive(self) -> None:
@@ -109,20 +117,6 @@ class Stack:
                 return response.status == 200
         except OSError:
             return False
-
-    async def _groups_stable(self) -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka)
-        await admin.start()
-        try:
-            groups = [f"speakerflow-{stage}" for stage in self.workers]
-            described = await admin.describe_consumer_groups(groups)
-            states = {}
-            for response in described:
-                for group in response.groups:
-                    states[group[1]] = group[2]
-            return all(states.get(g) == "Stable" for g in groups)
-        finally:
-            await admin.close()
 
     def stop(self) -> None:
         for process in self.processes.values():

@@ -176,6 +176,7 @@ def test_result_events_have_the_protocol_shape():
     assert result_event(report).wire() == {
         "event": "report",
         "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}],
+        "turns": [{"speakerId": 0, "startMs": 0, "endMs": 45000}],
     }
     assert ProtocolError(ErrorCode.BAD_JSON, "nope").event().wire() == {
         "event": "error",
@@ -444,6 +445,7 @@ async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways
         assert await receive(ws) == {
             "event": "report",
             "speakers": [{"id": 0, "totalTimeMs": 300}, {"id": 1, "totalTimeMs": 200}],
+            "turns": [],
         }
 
         # The neighbour saw none of this and its stream is intact.
@@ -470,7 +472,11 @@ async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gat
     turn = SpeakerTurn(session_id="fan-s", speaker=0, start_ms=0, end_ms=1200, final=True)
     speaker_event = {"event": "speaker", "currentSpeakerId": 0, "speakingTimeMs": {"0": 1200, "1": 500}}
     turn_event = {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": True}
-    report_event = {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}]}
+    report_event = {
+        "event": "report",
+        "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}],
+        "turns": [{"speakerId": 0, "startMs": 0, "endMs": 1200}],
+    }
 
     async with (
         audio_tap(bootstrap) as audio,

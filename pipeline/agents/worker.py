@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import faust
 
@@ -21,10 +23,24 @@ STAGES: dict[str, Callable[[faust.App, Profile], None]] = {
 }
 
 
+class StageWorker(faust.Worker):
+    """A Faust worker that says when it is ready: partitions assigned and tables recovered."""
+
+    def __init__(self, app: faust.App, ready_file: Path | None, **options) -> None:
+        super().__init__(app, **options)
+        self.ready_file = ready_file
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        if self.ready_file is not None:
+            self.ready_file.touch()
+
+
 def run_worker(stage: str, settings: Settings, loglevel: str = "warning") -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     app = build_app(stage, settings)
     STAGES[stage](app, load_profile(settings.profile))
     asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)]))
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    ready_file = os.environ.get("SPEAKERFLOW_READY_FILE")
+    StageWorker(app, Path(ready_file) if ready_file else None, loglevel=loglevel).execute_from_commandline()

@@ -176,9 +176,17 @@ class ReportSpeaker(_Event):
     total_time_ms: int = Field(alias="totalTimeMs")
 
 
+class ReportTurn(_Event):
+    speaker_id: int = Field(alias="speakerId")
+    start_ms: int = Field(alias="startMs")
+    end_ms: int = Field(alias="endMs")
+
+
 class ReportEvent(_Event):
     event: Literal["report"] = "report"
     speakers: list[ReportSpeaker]
+    # Beyond the totals the protocol requires: the session's turns, so a client can place each speaker in time.
+    turns: list[ReportTurn] = []
 
 
 class ErrorEvent(_Event):
@@ -203,7 +211,10 @@ def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEve
             speaker_id=message.speaker, start_ms=message.start_ms, end_ms=message.end_ms, final=message.final
         )
     if isinstance(message, SessionReport):
-        return ReportEvent(speakers=[ReportSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in message.speakers])
+        return ReportEvent(
+            speakers=[ReportSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in message.speakers],
+            turns=[ReportTurn(speaker_id=t.speaker, start_ms=t.start_ms, end_ms=t.end_ms) for t in message.turns],
+        )
     raise TypeError(f"{type(message).__name__} is not a result message")
 
 
