@@ -124,6 +124,13 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(speakers=args.speakers, settings=settings)
 
 
+def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.benchmark import run_benchmark
+
+    print(run_benchmark(_load(args.file), args.sessions, args.num_speakers, settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerflow",
@@ -168,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka-port", type=int, default=9092)
     up.set_defaults(run=_up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=_down)
+
+    bench = commands.add_parser(
+        "benchmark", help="measure CPU per process for N real-time sessions streamed through a fresh stack"
+    )
+    bench.add_argument("file", type=Path)
+    bench.add_argument("--sessions", type=int, default=1)
+    bench.add_argument("--num-speakers", type=int, default=2)
+    bench.set_defaults(run=_benchmark)
 
     demo = commands.add_parser("demo", help="synthesize a conversation and stream it live through the whole dataflow")
     demo.add_argument("--speakers", type=int, choices=[2, 3], default=2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import faust
 from faust.types import EventT
@@ -11,6 +13,8 @@ from pipeline.settings import Settings
 from topics import BusMessage, DecodeError, TopicSpec, decode, encode
 
 log = logging.getLogger(__name__)
+
+State = TypeVar("State")
 
 
 def build_app(stage: str, settings: Settings) -> faust.App:
@@ -75,6 +79,17 @@ def decode_event(event: EventT) -> BusMessage | None:
     except DecodeError as exc:
         log.warning("skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
         return None
+
+
+async def session_messages(
+    stream: faust.StreamT, sessions: faust.Table, load: Callable[[bytes], State]
+) -> AsyncIterator[tuple[EventT, BusMessage, State | None]]:
+    """Each valid message of the stream with its session's stored state (None when there is none)."""
+    async for event in stream.events():
+        message = decode_event(event)
+        if message is not None:
+            stored = sessions.get(event.key)
+            yield event, message, load(stored) if stored is not None else None
 
 
 def ingest_ms(event: EventT) -> int:

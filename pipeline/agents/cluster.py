@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from pipeline.agents.app import bus_topic, decode_event, send, session_table
+from pipeline.agents.app import bus_topic, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.stages.clustering import ClusteringSessionState, ClusteringStage
 from topics import (
@@ -36,13 +36,8 @@ def register(app: faust.App, profile: Profile) -> None:
 
     @app.agent(source)
     async def cluster(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = decode_event(event)
-            if message is None:
-                continue
+        async for event, message, state in session_messages(stream, sessions, ClusteringSessionState.model_validate_json):
             key = event.key
-            stored = sessions.get(key)
-            state = ClusteringSessionState.model_validate_json(stored) if stored is not None else None
             if isinstance(message, SessionStart):
                 if state is None:
                     sessions[key] = stage.start(message).model_dump_json().encode()

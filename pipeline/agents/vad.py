@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from pipeline.agents.app import bus_topic, decode_event, ingest_ms, send, session_table
+from pipeline.agents.app import bus_topic, ingest_ms, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.stages.vad import SileroVad, VadSessionState, VadStage
 from topics import AUDIO, SPEECH_STEPS, AudioChunk, SessionStart, SessionStop
@@ -21,13 +21,8 @@ def register(app: faust.App, profile: Profile) -> None:
 
     @app.agent(source)
     async def vad(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = decode_event(event)
-            if message is None:
-                continue
+        async for event, message, state in session_messages(stream, sessions, VadSessionState.from_bytes):
             key = event.key
-            stored = sessions.get(key)
-            state = VadSessionState.from_bytes(stored) if stored is not None else None
             if isinstance(message, SessionStart):
                 if state is None:  # a replayed start of a running session changes nothing
                     sessions[key] = VadSessionState(last_seq=message.seq).to_bytes()

@@ -12,6 +12,7 @@ dependency of ``kafka_2.13:4.4.0``, is not published on Maven Central, so it can
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import fcntl
@@ -55,6 +56,19 @@ _STOP_GRACE_S = 20.0
 
 class BrokerError(RuntimeError):
     """Assembling, starting or stopping the local Kafka broker failed."""
+
+
+# Attached brokers still running when the interpreter exits (a fixture whose teardown never ran,
+# an unhandled exception in a script) are stopped so no JVM outlives its owner. This cannot help
+# when the owner is SIGKILLed; detached brokers are deliberately left alone. Strong references:
+# a running broker must stay reachable even if its owner dropped it.
+_attached: set[KafkaBroker] = set()
+
+
+@atexit.register
+def _stop_attached_brokers() -> None:
+    for broker in list(_attached):
+        broker.stop()
 
 
 # --------------------------------------------------------------------------- assembly
@@ -161,8 +175,10 @@ class DetachedBroker:
 class KafkaBroker:
     """A single-node KRaft Kafka broker on 127.0.0.1.
 
-    >>> with KafkaBroker() as broker:
-    ...     use(broker.bootstrap_servers)
+    Usage::
+
+        with KafkaBroker() as broker:
+            run_pipeline(bootstrap_servers=broker.bootstrap_servers)
 
     Without ``data_dir`` a fresh temporary directory is used and removed by :meth:`stop`; a given
     ``data_dir`` is kept (and an already formatted one is reused as is).
@@ -185,8 +201,8 @@ class KafkaBroker:
         self.version = version
         self.log_path = Path(log_path).resolve() if log_path is not None else self.data_dir / "server.log"
         self._jvm_out_path = self.data_dir / "jvm.out"
+        self._log_dirs = self.data_dir / "kraft-logs"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._detached = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -207,6 +223,12 @@ class KafkaBroker:
         """
         if self.is_running():
             return self
+        running = detached_info(self.data_dir)
+        if running is not None:
+            raise BrokerError(
+                f"a detached broker (pid {running.pid}, {running.bootstrap_servers}) already uses "
+                f"{self.data_dir}; stop it with stop_detached() first"
+            )
         java = _java()
         libs = assemble(self.version)
         classpath = str(libs / "*")
@@ -224,7 +246,8 @@ class KafkaBroker:
         ]
 
         started = time.monotonic()
-        self._format_storage(java, jvm_opts, classpath, props)
+        if not (self._log_dirs / "meta.properties").exists():
+            self._format_storage(java, jvm_opts, classpath, props)
 
         jvm_out = open(self._jvm_out_path, "ab")
         try:
@@ -238,7 +261,8 @@ class KafkaBroker:
             )
         finally:
             jvm_out.close()
-        self._detached = detach
+        if not detach:
+            _attached.add(self)
         log.info(
             "starting Kafka %s (pid %d) on %s, data in %s",
             self.version,
@@ -259,6 +283,7 @@ class KafkaBroker:
     def stop(self, grace: float = _STOP_GRACE_S) -> None:
         """SIGTERM the broker (SIGKILL after ``grace`` seconds); remove a temporary data_dir."""
         proc, self._proc = self._proc, None
+        _attached.discard(self)
         if proc is not None and proc.poll() is None:
             log.info("stopping Kafka (pid %d)", proc.pid)
             proc.terminate()
@@ -302,7 +327,7 @@ class KafkaBroker:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(self.data_dir / "kraft-logs"),
+            "log.dirs": str(self._log_dirs),
             "num.partitions": "1",
             "default.replication.factor": "1",
             "auto.create.topics.enable": "false",
@@ -357,8 +382,6 @@ class KafkaBroker:
             str(props),
             "--cluster-id",
             _new_cluster_id(),
-            # A reused data_dir keeps its cluster id and data.
-            "--ignore-formatted",
         ]
         proc = subprocess.run(
             cmd,
@@ -377,16 +400,21 @@ class KafkaBroker:
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._proc is not None
+        expected_cluster = self._cluster_id()
         last_error: Exception | None = None
         while True:
             code = self._proc.poll()
             if code is not None:
                 raise BrokerError(f"Kafka exited with code {code} during startup\n{self._log_tails()}")
             try:
-                if _NODE_ID in _metadata_broker_ids("127.0.0.1", self.port, timeout=2.0):
-                    return
+                cluster_id, node_ids = _probe_metadata("127.0.0.1", self.port, timeout=2.0)
             except OSError as exc:  # refused / reset / timed out while the JVM boots
                 last_error = exc
+            else:
+                # Comparing cluster ids catches someone else's broker answering on our port.
+                if cluster_id == expected_cluster and _NODE_ID in node_ids:
+                    return
+                last_error = BrokerError(f"port answered for cluster {cluster_id}, nodes {node_ids}")
             if time.monotonic() >= deadline:
                 raise BrokerError(
                     f"Kafka did not serve metadata on {self.bootstrap_servers} in time "
@@ -394,11 +422,30 @@ class KafkaBroker:
                 )
             time.sleep(0.25)
 
+    def _cluster_id(self) -> str:
+        for line in (self._log_dirs / "meta.properties").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "cluster.id":
+                return value.strip()
+        raise BrokerError(f"no cluster.id in {self._log_dirs / 'meta.properties'}")
+
     def _log_tails(self) -> str:
         parts = []
         for path in (self.log_path, self._jvm_out_path):
-            with contextlib.suppress(OSError):
-                parts.append(f"--- last lines of {path}:\n{_tail(path.read_text(errors='replace'), 30)}")
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            # The cause is usually an ERROR line and a "Caused by:" deep in a long stack trace,
+            # which a plain tail cuts off; show those lines as well.
+            errors = [
+                line
+                for line in text.splitlines()
+                if " ERROR " in line or " FATAL " in line or line.startswith("Caused by:")
+            ]
+            if errors:
+                parts.append(f"--- errors in {path}:\n" + "\n".join(errors[:10]))
+            parts.append(f"--- last lines of {path}:\n{_tail(text, 30)}")
         return "\n".join(parts)
 
     def _write_state(self) -> None:
@@ -441,15 +488,21 @@ def stop_detached(data_dir: Path, grace: float = _STOP_GRACE_S) -> bool:
     log.info("stopping detached Kafka (pid %d) in %s", state.pid, data_dir)
     # The broker leads its own session/process group (start_new_session), so signal the group.
     _signal_group(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _pid_alive(state.pid):
-        if time.monotonic() >= deadline:
-            log.warning("Kafka (pid %d) ignored SIGTERM for %.0fs; killing it", state.pid, grace)
-            _signal_group(state.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            grace = 0
-        time.sleep(0.1)
+    if not _wait_gone(state.pid, grace):
+        log.warning("Kafka (pid %d) ignored SIGTERM for %.0fs; killing it", state.pid, grace)
+        _signal_group(state.pid, signal.SIGKILL)
+        if not _wait_gone(state.pid, 10.0):
+            raise BrokerError(f"Kafka (pid {state.pid}) is still alive after SIGKILL")
     (data_dir / _STATE_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
     return True
 
 
@@ -523,10 +576,10 @@ def _new_cluster_id() -> str:
             return cid
 
 
-def _metadata_broker_ids(host: str, port: int, timeout: float) -> set[int]:
-    """Node ids from a raw Metadata v4 request (no topics).
+def _probe_metadata(host: str, port: int, timeout: float) -> tuple[str | None, set[int]]:
+    """Cluster id and node ids from a raw Metadata v4 request (no topics).
 
-    Speaking the wire protocol directly keeps readiness checks free of an asyncio loop, so
+    Speaking the wire protocol directly keeps the readiness check free of an asyncio loop, so
     :meth:`KafkaBroker.start` also works from inside running event loops. A KRaft broker only
     processes requests once it is registered and unfenced, so an answer listing our node means
     it is ready for clients.
@@ -540,20 +593,26 @@ def _metadata_broker_ids(host: str, port: int, timeout: float) -> set[int]:
         sock.sendall(struct.pack(">i", len(request)) + request)
         (size,) = struct.unpack(">i", _recv_exact(sock, 4))
         payload = _recv_exact(sock, size)
-    (got_correlation, _throttle, n_brokers) = struct.unpack_from(">iii", payload, 0)
+
+    def read_string(offset: int) -> tuple[str | None, int]:
+        (length,) = struct.unpack_from(">h", payload, offset)
+        offset += 2
+        if length < 0:
+            return None, offset
+        return payload[offset : offset + length].decode(), offset + length
+
+    got_correlation, _throttle_ms, n_brokers = struct.unpack_from(">iii", payload, 0)
     if got_correlation != correlation_id:
         raise ConnectionError(f"unexpected correlation id {got_correlation}")
     offset = 12
-    ids = set()
+    node_ids = set()
     for _ in range(n_brokers):
         (node_id,) = struct.unpack_from(">i", payload, offset)
-        offset += 4
-        (host_len,) = struct.unpack_from(">h", payload, offset)
-        offset += 2 + host_len + 4  # host, port
-        (rack_len,) = struct.unpack_from(">h", payload, offset)
-        offset += 2 + max(rack_len, 0)
-        ids.add(node_id)
-    return ids
+        _host, offset = read_string(offset + 4)
+        _rack, offset = read_string(offset + 4)  # skips the port
+        node_ids.add(node_id)
+    cluster_id, _ = read_string(offset)
+    return cluster_id, node_ids
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

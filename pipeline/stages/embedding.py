@@ -30,6 +30,8 @@ class ResemblyzerEmbedder:
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)
         self.encoder = VoiceEncoder(device=self.device, verbose=False)
         self.encoder.eval()
 
