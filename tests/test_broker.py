@@ -62,9 +62,11 @@ def _port_is_free(port: int) -> bool:
 
 
 def _pids_using(data_dir: Path) -> list[int]:
-    """Live processes whose command line mentions data_dir (Linux /proc)."""
+    """Live processes whose command line mentions data_dir (Linux /proc; empty elsewhere)."""
     needle = str(data_dir).encode()
-    pids = []
+    pids: list[int] = []
+    if not Path("/proc").is_dir():
+        return pids
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

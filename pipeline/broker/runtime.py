@@ -5,9 +5,9 @@ the repository (:func:`assemble`); :class:`KafkaBroker` formats a data directory
 ``kafka.Kafka`` on 127.0.0.1, either attached to the calling process or detached (``make up``).
 
 Version choice: KAFKA_VERSION is the newest 4.x release that can be assembled from Maven Central and
-passes our aiokafka 0.14.0 checks (headers round trip, consumer group commit, topic configs via the
-admin client, transactions). 4.4.0 is excluded because its ``kafka-tools-api`` artifact, a
-dependency of ``kafka_2.13:4.4.0``, is not published on Maven Central, so it cannot be assembled.
+passes our client checks: aiokafka 0.14.0 (headers, group commit, topic configs, transactions) and a
+faust-streaming 0.15.3 app with a table, at-least-once and exactly-once. 4.4.0 cannot be assembled:
+its dependency ``org.apache.kafka:kafka-tools-api:4.4.0`` is not published on Maven Central.
 """
 
 from __future__ import annotations
@@ -261,7 +261,10 @@ class KafkaBroker:
             )
         finally:
             jvm_out.close()
-        if not detach:
+        if detach:
+            # Recorded before waiting, so a launcher killed mid-start leaves a stoppable broker.
+            self._write_state()
+        else:
             _attached.add(self)
         log.info(
             "starting Kafka %s (pid %d) on %s, data in %s",
@@ -275,8 +278,6 @@ class KafkaBroker:
         except BaseException:
             self.stop()
             raise
-        if detach:
-            self._write_state()
         log.info("Kafka ready on %s after %.1fs", self.bootstrap_servers, time.monotonic() - started)
         return self
 
@@ -352,6 +353,9 @@ class KafkaBroker:
             "\n".join(
                 [
                     "status = warn",
+                    # Kafka logs its own orderly shutdown from a JVM shutdown hook; log4j's hook
+                    # would race it, drop those lines and warn on stdout. Writes flush per line.
+                    "shutdownHook = disable",
                     "appender.file.type = File",
                     "appender.file.name = FILE",
                     f"appender.file.fileName = {self.log_path}",
@@ -408,7 +412,7 @@ class KafkaBroker:
                 raise BrokerError(f"Kafka exited with code {code} during startup\n{self._log_tails()}")
             try:
                 cluster_id, node_ids = _probe_metadata("127.0.0.1", self.port, timeout=2.0)
-            except OSError as exc:  # refused / reset / timed out while the JVM boots
+            except (OSError, struct.error) as exc:  # refused / reset / garbled while the JVM boots
                 last_error = exc
             else:
                 # Comparing cluster ids catches someone else's broker answering on our port.
