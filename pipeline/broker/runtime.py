@@ -120,25 +120,13 @@ def assemble(version: str = KAFKA_VERSION, cache_dir: Path | None = None) -> Pat
         log.info("assembling Kafka %s into %s (mvn dependency:copy-dependencies)", version, libs)
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                cmd,
-                cwd=version_dir,  # keep Maven's target/ and friends out of the repository
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise BrokerError(
-                    f"mvn failed (exit {proc.returncode}) while assembling Kafka {version}:\n"
-                    f"$ {' '.join(cmd)}\n{_tail(proc.stdout, 40)}"
-                )
+            # cwd keeps Maven's target/ and friends out of the repository.
+            output = _run_checked(cmd, version_dir, "mvn", tail_lines=40)
             jars = sorted(p.name for p in staging.glob("*.jar"))
             if f"kafka_2.13-{version}.jar" not in jars:
                 raise BrokerError(
                     f"mvn succeeded but kafka_2.13-{version}.jar is missing from {staging}:\n"
-                    f"{_tail(proc.stdout, 40)}"
+                    f"{_tail(output, 40)}"
                 )
             if libs.exists():
                 shutil.rmtree(libs)  # unmarked leftovers of an older, incomplete layout
@@ -387,20 +375,7 @@ class KafkaBroker:
             "--cluster-id",
             _new_cluster_id(),
         ]
-        proc = subprocess.run(
-            cmd,
-            cwd=self.data_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise BrokerError(
-                f"formatting Kafka storage in {self.data_dir} failed (exit {proc.returncode}):\n"
-                f"{_tail(proc.stdout, 30)}"
-            )
+        _run_checked(cmd, self.data_dir, f"formatting Kafka storage in {self.data_dir}", tail_lines=30)
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._proc is not None
@@ -627,6 +602,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("connection closed by broker")
         buf += chunk
     return bytes(buf)
+
+
+def _run_checked(cmd: list[str], cwd: Path, what: str, tail_lines: int) -> str:
+    """Run cmd and return its output; on failure raise BrokerError with the command and the output's tail."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise BrokerError(f"{what} failed (exit {proc.returncode}):\n$ {' '.join(cmd)}\n{_tail(proc.stdout, tail_lines)}")
+    return proc.stdout
 
 
 def _tail(text: str, lines: int) -> str:
