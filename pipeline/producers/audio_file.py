@@ -23,7 +23,7 @@ def load_pcm16(path: Path) -> np.ndarray:
     mono = audio.mean(axis=1)
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE)
-    return (np.clip(mono, -1.0, 1.0) * 32767).astype(np.int16)
+    return float_to_pcm16(mono)
 
 
 def float_to_pcm16(audio: np.ndarray) -> np.ndarray:
