@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = commands.add_parser("worker", help="run one stage's Faust worker (vad, embed or cluster)")
-    worker.add_argument("stage", choices=["vad", "embed", "cluster"])
+    worker = commands.add_parser("worker", help="run one stage's Faust worker (segment, embed or cluster)")
+    worker.add_argument("stage", choices=["segment", "embed", "cluster"])
     worker.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=_worker)
 

@@ -53,7 +53,7 @@ def run_demo(speakers: int = 2, settings: Settings | None = None) -> int:
     print(f"Synthesizing a {speakers}-voice conversation with espeak-ng ...", flush=True)
     conversation = synthesize(script)
     print(f"  {conversation.duration_s:.1f} s of audio, {len(script)} turns", flush=True)
-    print("Starting Kafka, the vad/embed/cluster workers and the gateway ...", flush=True)
+    print("Starting Kafka, the segment/embed/cluster workers and the gateway ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="speakerflow-demo-") as run_dir, Stack(Path(run_dir), settings or Settings()) as stack:
         url = f"ws://{stack.settings.gateway_host}:{stack.settings.gateway_port}/ws/session"
         print(f"Streaming in real time through {url}\n", flush=True)

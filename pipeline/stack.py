@@ -25,7 +25,7 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGE_WORKERS = ("vad", "embed", "cluster")
+STAGE_WORKERS = ("segment", "embed", "cluster")
 _PROCESSES_FILE = "processes.json"
 
 

@@ -1,4 +1,4 @@
-"""The whole dataflow on real parts: Kafka broker, vad/embed/cluster Faust workers, gateway.
+"""The whole dataflow on real parts: Kafka broker, segment/embed/cluster Faust workers, gateway.
 
 Conversations are synthesized with espeak-ng and streamed over the gateway's WebSocket
 exactly as a client would; reports are checked against the script's reference talk time.

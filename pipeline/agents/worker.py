@@ -9,7 +9,7 @@ from pathlib import Path
 
 import faust
 
-from pipeline.agents import cluster, embed, vad
+from pipeline.agents import cluster, embed, segment
 from pipeline.agents.app import build_app, changelog_specs
 from pipeline.bus import ensure_topics
 from pipeline.config import Profile, load_profile
@@ -17,7 +17,7 @@ from pipeline.settings import Settings
 from topics import ALL_TOPICS
 
 STAGES: dict[str, Callable[[faust.App, Profile], None]] = {
-    "vad": vad.register,
+    "segment": segment.register,
     "embed": embed.register,
     "cluster": cluster.register,
 }

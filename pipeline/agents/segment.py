@@ -1,4 +1,4 @@
-"""VAD agent: speakerflow.audio -> speakerflow.speech-steps."""
+"""Segmentation agent (VAD in the fast profile): speakerflow.audio -> speakerflow.speech-steps."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 
 def register(app: faust.App, profile: Profile) -> None:
     source, sink = bus_topic(app, AUDIO), bus_topic(app, SPEECH_STEPS)
-    sessions = session_table(app, "vad-sessions", AUDIO)
+    sessions = session_table(app, "segment-sessions", AUDIO)
     stage = VadStage(profile.vad, SileroVad())
 
     @app.agent(source)
-    async def vad(stream: faust.StreamT) -> None:
+    async def segment(stream: faust.StreamT) -> None:
         async for event, message, state in session_messages(stream, sessions, VadSessionState.from_bytes):
             key = event.key
             if isinstance(message, SessionStart):
