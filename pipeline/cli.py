@@ -106,8 +106,9 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stack import Stack
 
-    stack = Stack(RUN_DIR.resolve(), settings, broker_port=args.kafka_port).start(detach=True)
+    stack = Stack(RUN_DIR.resolve(), settings, broker_port=args.kafka_port, fixed_metrics_ports=True).start(detach=True)
     print(f"speakerflow is up: Kafka {stack.settings.kafka}, gateway {stack.gateway_url} (logs in {RUN_DIR / 'logs'})")
+    print("metrics: " + ", ".join(f"{name} {stack.metrics_url(name)}" for name in [*stack.metrics_ports, "gateway"]))
     return 0
 
 

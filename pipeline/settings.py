@@ -17,6 +17,8 @@ class Settings:
     # How long the gateway waits for a session's report after stop.
     report_timeout_s: float = 60.0
     profile: str = "fast"
+    # A stage worker's /metrics port: None for the stage's fixed default (pipeline.metrics), 0 for none.
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -28,4 +30,12 @@ class Settings:
             max_frame_bytes=int(env.get("SPEAKERFLOW_MAX_FRAME_BYTES", cls.max_frame_bytes)),
             report_timeout_s=float(env.get("SPEAKERFLOW_REPORT_TIMEOUT_S", cls.report_timeout_s)),
             profile=env.get("SPEAKERFLOW_PROFILE", cls.profile),
+            metrics_port=_port_or_off(env.get("SPEAKERFLOW_METRICS_PORT", "")),
         )
+
+
+def _port_or_off(value: str) -> int | None:
+    value = value.strip().lower()
+    if not value:
+        return None
+    return 0 if value == "off" else int(value)

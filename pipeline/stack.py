@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from pipeline.broker.runtime import KafkaBroker, stop_detached
 from pipeline.bus import ensure_topics
+from pipeline.metrics import STAGE_METRICS_PORTS
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,12 @@ class Stack:
     settings: Settings = field(default_factory=Settings)
     broker_port: int | None = None
     workers: dict[str, int] = field(default_factory=lambda: {stage: 1 for stage in STAGE_WORKERS})
+    # True: the first worker of each stage serves /metrics on the stage's fixed port (`make up`);
+    # False: every worker gets a free port, so stacks side by side (tests) never collide.
+    fixed_metrics_ports: bool = False
     broker: KafkaBroker | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
@@ -56,8 +62,7 @@ class Stack:
             asyncio.run(ensure_topics(self.settings.kafka))
             for stage, count in self.workers.items():
                 for index in range(count):
-                    name = f"worker-{stage}-{index}"
-                    self._spawn(name, ["worker", stage], detach, ready_file=self._ready_file(name))
+                    self._spawn_worker(f"worker-{stage}-{index}", stage, detach)
             self._spawn("gateway", ["gateway"], detach)
             if detach:
                 self._save()
@@ -70,7 +75,36 @@ class Stack:
     def _ready_file(self, name: str) -> Path:
         return self.run_dir / "ready" / name
 
-    def _spawn(self, name: str, args: list[str], detach: bool, ready_file: Path | None = None) -> None:
+    def _spawn_worker(self, name: str, stage: str, detach: bool) -> None:
+        if self.fixed_metrics_ports and stage in STAGE_METRICS_PORTS and STAGE_METRICS_PORTS[stage] not in self.metrics_ports.values():
+            port = STAGE_METRICS_PORTS[stage]
+        else:
+            port = free_port()
+        self.metrics_ports[name] = port
+        self._spawn(name, ["worker", stage], detach, ready_file=self._ready_file(name), env={"SPEAKERFLOW_METRICS_PORT": str(port)})
+
+    def add_worker(self, stage: str, timeout: float = 180.0) -> str:
+        """Start one more worker of a stage in the running (attached) stack; returns its name once ready."""
+        index = sum(name.startswith(f"worker-{stage}-") for name in {*self.processes, *self.metrics_ports})
+        name = f"worker-{stage}-{index}"
+        self._spawn_worker(name, stage, detach=False)
+        self.wait_ready(timeout)
+        return name
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Stop one process abruptly (a crashed worker, a lost node); the rest of the stack carries on."""
+        process = self.processes.pop(name)
+        _signal_group(process.pid, sig)
+        process.wait(timeout=20)
+
+    def metrics_url(self, name: str) -> str:
+        if name == "gateway":
+            return f"{self.gateway_url}/metrics"
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
+    def _spawn(
+        self, name: str, args: list[str], detach: bool, ready_file: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         if ready_file is not None:
             ready_file.parent.mkdir(exist_ok=True)
             ready_file.unlink(missing_ok=True)
@@ -82,6 +116,7 @@ class Stack:
             "SPEAKERFLOW_PROFILE": self.settings.profile,
             "PYANNOTE_METRICS_ENABLED": "0",
             **({"SPEAKERFLOW_READY_FILE": str(ready_file)} if ready_file is not None else {}),
+            **(env or {}),
         }
         logfile = open(self.run_dir / "logs" / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
@@ -132,7 +167,11 @@ class Stack:
             self.broker = None
 
     def _save(self) -> None:
-        record = {"settings": self.settings.__dict__, "pids": {n: p.pid for n, p in self.processes.items()}}
+        record = {
+            "settings": self.settings.__dict__,
+            "pids": {n: p.pid for n, p in self.processes.items()},
+            "metrics_ports": self.metrics_ports,
+        }
         (self.run_dir / _PROCESSES_FILE).write_text(json.dumps(record, indent=2))
 
     def __enter__(self) -> Stack:
@@ -160,6 +199,12 @@ def stop_detached_stack(run_dir: Path) -> bool:
     return stop_detached(run_dir / "kafka") or stopped
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -168,15 +213,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _terminate(pid: int) -> None:
+def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _terminate(pid: int) -> None:
+    _signal_group(pid, signal.SIGTERM)
 
 
 def _kill(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    _signal_group(pid, signal.SIGKILL)

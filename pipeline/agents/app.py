@@ -9,6 +9,7 @@ from typing import TypeVar
 import faust
 from faust.types import EventT
 
+from pipeline.metrics import StageMetrics, observe_output
 from pipeline.settings import Settings
 from topics import BusMessage, DecodeError, TopicSpec, decode, encode
 
@@ -72,24 +73,30 @@ def changelog_specs(app: faust.App) -> list[TopicSpec]:
     ]
 
 
-def decode_event(event: EventT) -> BusMessage | None:
+def decode_event(event: EventT, metrics: StageMetrics) -> BusMessage | None:
     """The event's message, or None (logged) if it breaks the contract: one bad record never stops a stage."""
     try:
         return decode(event.key, event.value, event.headers or {})
     except DecodeError as exc:
+        metrics.error("decode")
         log.warning("skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
         return None
 
 
 async def session_messages(
-    stream: faust.StreamT, sessions: faust.Table, load: Callable[[bytes], State]
+    stream: faust.StreamT, sessions: faust.Table, load: Callable[[bytes], State], metrics: StageMetrics
 ) -> AsyncIterator[tuple[EventT, BusMessage, State | None]]:
-    """Each valid message of the stream with its session's stored state (None when there is none)."""
+    """Each valid message of the stream with its session's stored state (None when there is none).
+
+    The agent handles a message between this generator's yield and its next step, so
+    that span is the message's processing time.
+    """
     async for event in stream.events():
-        message = decode_event(event)
+        message = decode_event(event, metrics)
         if message is not None:
-            stored = sessions.get(event.key)
-            yield event, message, load(stored) if stored is not None else None
+            with metrics.handling(message):
+                stored = sessions.get(event.key)
+                yield event, message, load(stored) if stored is not None else None
 
 
 def ingest_ms(event: EventT) -> int:
@@ -99,3 +106,4 @@ def ingest_ms(event: EventT) -> int:
 async def send(topic: faust.TopicT, message: BusMessage) -> None:
     key, value, headers = encode(message)
     await topic.send(key=key, value=value, headers=headers)
+    observe_output(message)

@@ -8,6 +8,7 @@ import faust
 
 from pipeline.agents.app import bus_topic, send, session_messages, session_table
 from pipeline.config import Profile
+from pipeline.metrics import StageMetrics
 from pipeline.stages.clustering import ClusteringSessionState, ClusteringStage
 from topics import (
     SESSION_REPORTS,
@@ -33,16 +34,18 @@ def register(app: faust.App, profile: Profile) -> None:
     updates = bus_topic(app, SPEAKER_UPDATES)
     sessions = session_table(app, "cluster-sessions", STEP_EMBEDDINGS)
     stage = ClusteringStage(profile.clustering)
+    metrics = StageMetrics("cluster")
 
     @app.agent(source)
     async def cluster(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, ClusteringSessionState.model_validate_json):
+        async for event, message, state in session_messages(stream, sessions, ClusteringSessionState.model_validate_json, metrics):
             key = event.key
             if isinstance(message, SessionStart):
                 if state is None:
                     sessions[key] = stage.start(message).model_dump_json().encode()
                 continue
             if state is None:
+                metrics.error("unknown_session")
                 log.warning("%s for unknown session %s", message.TYPE, message.session_id)
                 continue
             if isinstance(message, StepEmbedding):

@@ -8,6 +8,7 @@ import faust
 
 from pipeline.agents.app import bus_topic, ingest_ms, send, session_messages, session_table
 from pipeline.config import Profile
+from pipeline.metrics import StageMetrics
 from pipeline.stages.vad import SileroVad, VadSessionState, VadStage
 from topics import AUDIO, SPEECH_STEPS, AudioChunk, SessionStart, SessionStop
 
@@ -18,16 +19,19 @@ def register(app: faust.App, profile: Profile) -> None:
     source, sink = bus_topic(app, AUDIO), bus_topic(app, SPEECH_STEPS)
     sessions = session_table(app, "segment-sessions", AUDIO)
     stage = VadStage(profile.vad, SileroVad())
+    metrics = StageMetrics("segment")
+    metrics.model_info("silero-vad", "cpu")
 
     @app.agent(source)
     async def segment(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, VadSessionState.from_bytes):
+        async for event, message, state in session_messages(stream, sessions, VadSessionState.from_bytes, metrics):
             key = event.key
             if isinstance(message, SessionStart):
                 if state is None:  # a replayed start of a running session changes nothing
                     sessions[key] = VadSessionState(last_seq=message.seq).to_bytes()
                     await send(sink, message)
             elif state is None:
+                metrics.error("unknown_session")
                 log.warning("%s for unknown session %s (not started, or already stopped)", message.TYPE, message.session_id)
             elif isinstance(message, AudioChunk):
                 steps = stage.push(state, message, ingest_ms(event))

@@ -13,6 +13,7 @@ from pipeline.agents import cluster, embed, segment
 from pipeline.agents.app import build_app, changelog_specs
 from pipeline.bus import ensure_topics
 from pipeline.config import Profile, load_profile
+from pipeline.metrics import serve_worker_metrics
 from pipeline.settings import Settings
 from topics import ALL_TOPICS
 
@@ -42,5 +43,6 @@ def run_worker(stage: str, settings: Settings, loglevel: str = "warning") -> Non
     app = build_app(stage, settings)
     STAGES[stage](app, load_profile(settings.profile))
     asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)]))
+    serve_worker_metrics(app, stage, settings.metrics_port)
     ready_file = os.environ.get("SPEAKERFLOW_READY_FILE")
     StageWorker(app, Path(ready_file) if ready_file else None, loglevel=loglevel).execute_from_commandline()

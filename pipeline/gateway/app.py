@@ -8,6 +8,7 @@ Endpoints:
 - ``/ws/sessions/{session_id}/events``: read-only; speaker, turn and report events of a
   session that any producer feeds, for downstream consumers.
 - ``GET /health``: 200 while the producer and the result fan-out run, else 503.
+- ``GET /metrics``: this process's Prometheus metrics (:mod:`pipeline.metrics`).
 
 Audio only ever passes through memory on its way to the audio topic; nothing is
 written to disk.
@@ -27,7 +28,8 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnected
 
@@ -44,6 +46,7 @@ from pipeline.gateway.protocol import (
     parse_action,
     result_event,
 )
+from pipeline.metrics import ACTIVE_SESSIONS, ERRORS, GATEWAY_CONNECTIONS, GATEWAY_SESSIONS
 from pipeline.settings import Settings
 from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate
 from topics.messages import SessionId
@@ -127,6 +130,7 @@ class _SessionSocket:
                     elif message.get("text") is not None:
                         await self._on_action(message["text"])
                 except ProtocolError as exc:
+                    ERRORS.labels("gateway", exc.code.value).inc()
                     log.debug("session socket error %s: %s", exc.code, exc.message)
                     await self._send(exc.event())
         except _SOCKET_GONE:
@@ -204,12 +208,14 @@ class _SessionSocket:
         report = self._report
         # Every update read before the report has been sent; finishing first keeps the report last.
         self._finish()
+        GATEWAY_SESSIONS.labels("reported").inc()
         log.info("session %s reported", report.session_id)
         await self._send(result_event(report))
 
     async def _expire(self, session_id: str, timeout: float) -> None:
         await asyncio.sleep(timeout)
         self._finish()
+        GATEWAY_SESSIONS.labels("timeout").inc()
         log.warning("no report for session %s within %gs", session_id, timeout)
         error = ProtocolError(ErrorCode.REPORT_TIMEOUT, f"no report for session {session_id} within {timeout:g}s")
         with contextlib.suppress(*_SOCKET_GONE):
@@ -232,6 +238,8 @@ class _SessionSocket:
 
     async def _abandon(self) -> None:
         """The socket is gone: close its open session on the bus so the workers do not wait for it."""
+        if self.state.active:
+            GATEWAY_SESSIONS.labels("abandoned").inc()
         if self.state.active and not self.state.stopped:
             stop = self.state.stop()
             try:
@@ -317,6 +325,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="speakerflow gateway", lifespan=lifespan)
     app.state.gateway = None
+    # Read at scrape time; the last gateway app created in a process is the one reported.
+    ACTIVE_SESSIONS.labels("gateway").set_function(
+        lambda: len(app.state.gateway.sessions) if app.state.gateway is not None else 0
+    )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -332,7 +348,8 @@ def create_app(settings: Settings) -> FastAPI:
         if gateway is None:
             await websocket.close(_CLOSE_TRY_AGAIN)
             return
-        await _SessionSocket(gateway, websocket).run()
+        with GATEWAY_CONNECTIONS.track_inprogress():
+            await _SessionSocket(gateway, websocket).run()
 
     @app.websocket("/ws/sessions/{session_id}/events")
     async def subscriber_socket(websocket: WebSocket, session_id: str) -> None:
@@ -340,7 +357,8 @@ def create_app(settings: Settings) -> FastAPI:
         if gateway is None:
             await websocket.close(_CLOSE_TRY_AGAIN)
             return
-        await _serve_subscriber(gateway, websocket, session_id)
+        with GATEWAY_CONNECTIONS.track_inprogress():
+            await _serve_subscriber(gateway, websocket, session_id)
 
     return app
 
