@@ -19,6 +19,7 @@ from topics.messages import (
     DecodeError,
     ReportedSpeaker,
     ReportedTurn,
+    SegmentedWindow,
     SessionReport,
     SessionStart,
     SessionStop,
@@ -26,6 +27,7 @@ from topics.messages import (
     SpeakerUpdate,
     SpeechStep,
     StepEmbedding,
+    WindowEmbeddings,
     _AudioMessage,
     decode,
     encode,
@@ -42,7 +44,39 @@ def _samples() -> dict[str, object]:
         "session.start": SessionStart(session_id=SESSION, seq=0, num_speakers=3, max_speakers=5, producer="mic-1"),
         "session.stop": SessionStop(session_id=SESSION, seq=99, offset=160_000, producer="mic-1"),
         "speech.step": SpeechStep(
-            session_id=SESSION, step=12, start=96_000, end=104_000, voiced=6_400, ingest_ms=1_700_000_000_123, pcm=PCM
+            session_id=SESSION,
+            step=12,
+            start=96_000,
+            end=104_000,
+            voiced=6_400,
+            ingest_ms=1_700_000_000_123,
+            speech=[(96_000, 99_200), (100_800, 104_000)],
+            pcm=PCM,
+        ),
+        "segment.window": SegmentedWindow(
+            session_id=SESSION,
+            step=0,
+            start=-72_000,
+            end=8_000,
+            ingest_ms=1_700_000_000_123,
+            frame_offset_s=0.0316,
+            frame_step_s=0.016875,
+            tracks=[4, -1, 7],
+            activity=[[0, 55, 100], [0, 0, 0], [99, 40, 3]],
+            embed_tracks=[7],
+            pcm=PCM,
+        ),
+        "window.embeddings": WindowEmbeddings(
+            session_id=SESSION,
+            step=0,
+            start=-72_000,
+            end=8_000,
+            ingest_ms=1_700_000_000_123,
+            frame_offset_s=0.0316,
+            frame_step_s=0.016875,
+            tracks=[4, -1, 7],
+            activity=[[0, 55, 100], [0, 0, 0], [99, 40, 3]],
+            embeddings={7: [0.6, -0.8]},
         ),
         "step.embedding": StepEmbedding(
             session_id=SESSION,
@@ -54,7 +88,13 @@ def _samples() -> dict[str, object]:
             embedding=[0.1, -0.25, 1 / 3, 0.0, 2.5e-8],
         ),
         "speaker.update": SpeakerUpdate(
-            session_id=SESSION, position_ms=6_500, current_speaker=1, speaking_time_ms={0: 2_000, 1: 3_250}, ingest_ms=5
+            session_id=SESSION,
+            position_ms=6_500,
+            current_speaker=1,
+            active_speakers=[1, 0],
+            spans=[ReportedTurn(speaker=1, start_ms=6_000, end_ms=6_500), ReportedTurn(speaker=0, start_ms=6_200, end_ms=6_500)],
+            speaking_time_ms={0: 2_000, 1: 3_250},
+            ingest_ms=5,
         ),
         "speaker.turn": SpeakerTurn(session_id=SESSION, speaker=1, start_ms=4_000, end_ms=6_500, final=True),
         "session.report": SessionReport(
@@ -73,7 +113,7 @@ JSON_TYPES = [name for name in MESSAGE_TYPES if name not in AUDIO_TYPES]
 
 def test_samples_cover_every_message_type():
     assert set(SAMPLES) == set(MESSAGE_TYPES)
-    assert AUDIO_TYPES == ["audio.chunk", "speech.step"]
+    assert AUDIO_TYPES == ["audio.chunk", "speech.step", "segment.window"]
     for name, message in SAMPLES.items():
         assert type(message) is MESSAGE_TYPES[name]
 
@@ -100,8 +140,11 @@ def test_audio_messages_carry_raw_pcm_and_fields_in_headers(name):
     _, value, headers = encode(message)
     assert value == PCM  # the PCM itself: no base64, no JSON around it
     header_map = dict(headers)
+    def as_text(value: object) -> str:
+        return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, tuple)) else str(value)
+
     expected = {
-        FIELD_HEADER_PREFIX + field: str(getattr(message, field)).encode()
+        FIELD_HEADER_PREFIX + field: as_text(getattr(message, field)).encode()
         for field in type(message).model_fields
         if field not in ("session_id", "pcm")
     }
@@ -305,10 +348,10 @@ def test_decode_errors_are_value_errors():
 # ---- SessionStart ------------------------------------------------------------------------
 
 
-def test_session_start_defaults_to_two_speakers():
+def test_session_start_estimates_the_speaker_count_by_default():
     start = SessionStart(session_id=SESSION)
-    assert start.num_speakers == 2
-    assert start.speaker_limit == 2
+    assert start.num_speakers is None
+    assert start.speaker_limit == start.max_speakers == 20
     assert start.seq == 0
 
 
@@ -394,11 +437,11 @@ def test_every_message_type_is_carried_by_some_topic():
 def test_session_control_travels_in_band_with_the_session_data():
     by_name = {spec.name: spec for spec in ALL_TOPICS}
     for name, data in [
-        ("speakerflow.audio", AudioChunk),
-        ("speakerflow.speech-steps", SpeechStep),
-        ("speakerflow.step-embeddings", StepEmbedding),
+        ("speakerflow.audio", (AudioChunk,)),
+        ("speakerflow.speech-steps", (SpeechStep, SegmentedWindow)),
+        ("speakerflow.step-embeddings", (StepEmbedding, WindowEmbeddings)),
     ]:
-        assert by_name[name].messages == (SessionStart, data, SessionStop)
+        assert by_name[name].messages == (SessionStart, *data, SessionStop)
 
 
 # ---- exported JSON Schemas ------------------------------------------------------------------

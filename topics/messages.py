@@ -8,9 +8,10 @@ Wire convention (the same on every topic):
   ``session.start``) and ``sf-schema`` (the schema version, an integer).
 - Metadata messages are JSON objects (the pydantic models below; their JSON
   Schemas are exported to ``topics/schemas/``).
-- Messages that carry audio (``audio.chunk``, ``speech.step``) put raw PCM
-  s16le 16 kHz mono in the record value and their other fields in headers named
-  ``sf-<field>`` as ASCII decimal or text: no base64, no JSON around audio.
+- Messages that carry audio (``audio.chunk``, ``speech.step``, ``segment.window``)
+  put raw PCM s16le 16 kHz mono in the record value and their other fields in
+  headers named ``sf-<field>``: numbers as ASCII decimal, text as is, lists as
+  compact JSON. No base64, no JSON around audio.
 
 Session control (start, stop) travels in-band on the audio topic and is
 forwarded by each stage, so every stage sees a session's start, audio and stop
@@ -23,7 +24,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -35,6 +36,14 @@ FIELD_HEADER_PREFIX = "sf-"
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 Samples = Annotated[int, Field(ge=0, description="position in samples at 16 kHz since the session's first sample")]
+
+
+def _parse_json_text(value: object) -> object:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+# A list field of an audio-bearing message: JSON text in its header, a list in Python.
+HeaderJson = BeforeValidator(_parse_json_text)
 
 
 class DecodeError(ValueError):
@@ -86,7 +95,7 @@ class SessionStart(_JsonMessage):
     type: Literal["session.start"] = "session.start"
     seq: int = Field(default=0, ge=0)
     num_speakers: int | None = Field(
-        default=2, ge=1, le=64, description="speakers to track; the first N distinct voices, others ignored"
+        default=None, ge=1, le=64, description="speakers to track if known; null: estimated, up to max_speakers"
     )
     max_speakers: int = Field(default=20, ge=1, le=64, description="upper bound when num_speakers is not given")
     producer: str = Field(default="unknown", min_length=1, max_length=128)
@@ -122,6 +131,46 @@ class SpeechStep(_AudioMessage):
     end: Samples
     voiced: int = Field(ge=0, description="voiced samples inside [start, end)")
     ingest_ms: int = Field(ge=0, description="bus timestamp (ms) of the newest audio record in this step")
+    speech: Annotated[list[tuple[int, int]], HeaderJson] = Field(
+        default=[], description="voiced runs [start, end) inside the step, in samples (a JSON list in its header)"
+    )
+
+
+class SegmentedWindow(_AudioMessage):
+    """One rolling window after local speaker segmentation (accurate profile).
+
+    `activity[k][i]` is local speaker k's activity (percent) in frame i; frame i is
+    centred `frame_offset_s + i * frame_step_s` seconds after `start`. A local
+    speaker slot belongs to a track (a voice followed from window to window);
+    `pcm` carries the window audio only when some track needs a new embedding.
+    """
+
+    TYPE: ClassVar[str] = "segment.window"
+    step: int = Field(ge=0)
+    start: int = Field(description="stream position of the window's first sample; negative while the window still reaches before the session (zero padding)")
+    end: Samples
+    ingest_ms: int = Field(ge=0)
+    frame_offset_s: float = Field(ge=0)
+    frame_step_s: float = Field(gt=0)
+    tracks: Annotated[list[int], HeaderJson] = Field(description="track id per local speaker slot, -1 for a silent slot")
+    activity: Annotated[list[list[int]], HeaderJson] = Field(description="per slot, per frame: activity in percent")
+    embed_tracks: Annotated[list[int], HeaderJson] = Field(default="[]", description="tracks to embed from this window's audio")
+
+
+class WindowEmbeddings(_JsonMessage):
+    """A segmented window with the embeddings of the tracks it asked for."""
+
+    TYPE: ClassVar[str] = "window.embeddings"
+    type: Literal["window.embeddings"] = "window.embeddings"
+    step: int = Field(ge=0)
+    start: int
+    end: Samples
+    ingest_ms: int = Field(ge=0)
+    frame_offset_s: float = Field(ge=0)
+    frame_step_s: float = Field(gt=0)
+    tracks: list[int]
+    activity: list[list[int]]
+    embeddings: dict[int, list[float]] = Field(description="L2-normalised embedding per embedded track")
 
 
 class StepEmbedding(_JsonMessage):
@@ -133,16 +182,30 @@ class StepEmbedding(_JsonMessage):
     voiced: int = Field(ge=0)
     ingest_ms: int = Field(ge=0)
     embedding: list[float] | None = Field(description="L2-normalised speaker embedding of the step's window, if any")
+    speech: list[tuple[int, int]] = Field(default=[], description="voiced runs [start, end) inside the step, in samples")
 
 
 # ---- results ----------------------------------------------------------------------------
+
+
+class LabeledSpan(BaseModel):
+    """Speech of one speaker; overlapping spans of different speakers are overlapped speech."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    speaker: int = Field(ge=0)
+    start_ms: int = Field(ge=0)
+    end_ms: int = Field(ge=0)
 
 
 class SpeakerUpdate(_JsonMessage):
     TYPE: ClassVar[str] = "speaker.update"
     type: Literal["speaker.update"] = "speaker.update"
     position_ms: int = Field(ge=0, description="stream position this update describes")
-    current_speaker: int | None = Field(description="speaker talking at position_ms, null in silence")
+    current_speaker: int | None = Field(description="dominant speaker at position_ms, null in silence")
+    active_speakers: list[int] = Field(default=[], description="every speaker talking at position_ms (several in overlap)")
+    spans: list[LabeledSpan] = Field(
+        default=[], description="speech this update settles: who spoke when since the previous update"
+    )
     speaking_time_ms: dict[int, int] = Field(description="speaking time so far per speaker id")
     ingest_ms: int = Field(ge=0, description="bus timestamp (ms) of the newest audio this update covers")
 
@@ -162,11 +225,7 @@ class ReportedSpeaker(BaseModel):
     total_time_ms: int = Field(ge=0)
 
 
-class ReportedTurn(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    speaker: int = Field(ge=0)
-    start_ms: int = Field(ge=0)
-    end_ms: int = Field(ge=0)
+ReportedTurn = LabeledSpan
 
 
 class SessionReport(_JsonMessage):
@@ -178,11 +237,31 @@ class SessionReport(_JsonMessage):
 
 
 BusMessage = Union[
-    AudioChunk, SessionStart, SessionStop, SpeechStep, StepEmbedding, SpeakerUpdate, SpeakerTurn, SessionReport
+    AudioChunk,
+    SessionStart,
+    SessionStop,
+    SpeechStep,
+    SegmentedWindow,
+    StepEmbedding,
+    WindowEmbeddings,
+    SpeakerUpdate,
+    SpeakerTurn,
+    SessionReport,
 ]
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.TYPE: cls
-    for cls in (AudioChunk, SessionStart, SessionStop, SpeechStep, StepEmbedding, SpeakerUpdate, SpeakerTurn, SessionReport)
+    for cls in (
+        AudioChunk,
+        SessionStart,
+        SessionStop,
+        SpeechStep,
+        SegmentedWindow,
+        StepEmbedding,
+        WindowEmbeddings,
+        SpeakerUpdate,
+        SpeakerTurn,
+        SessionReport,
+    )
 }
 
 Headers = list[tuple[str, bytes]]
@@ -194,9 +273,15 @@ def encode(message: BusMessage) -> tuple[bytes, bytes, Headers]:
     key = message.session_id.encode()
     if isinstance(message, _AudioMessage):
         fields = message.model_dump(exclude={"session_id", "pcm"})
-        headers += [(FIELD_HEADER_PREFIX + name, str(value).encode()) for name, value in fields.items()]
+        headers += [(FIELD_HEADER_PREFIX + name, _header_value(value)) for name, value in fields.items()]
         return key, message.pcm, headers
     return key, message.model_dump_json().encode(), headers
+
+
+def _header_value(value: object) -> bytes:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":")).encode()
+    return str(value).encode()
 
 
 def decode(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> BusMessage:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from topics.messages import (
     AudioChunk,
+    SegmentedWindow,
     SessionReport,
     SessionStart,
     SessionStop,
@@ -19,6 +20,7 @@ from topics.messages import (
     SpeakerUpdate,
     SpeechStep,
     StepEmbedding,
+    WindowEmbeddings,
     _Message,
 )
 
@@ -52,14 +54,17 @@ AUDIO = TopicSpec(
 )
 SPEECH_STEPS = TopicSpec(
     name="speakerflow.speech-steps",
-    description="VAD output: one record per step with its voiced time and the voiced window to embed.",
-    messages=(SessionStart, SpeechStep, SessionStop),
+    description=(
+        "Segment-stage output: per step, the VAD's voiced runs and window to embed (fast profile) "
+        "or the rolling window's local speaker activity and, when a track needs it, its audio (accurate profile)."
+    ),
+    messages=(SessionStart, SpeechStep, SegmentedWindow, SessionStop),
     retention_ms=10 * MINUTE_MS,
 )
 STEP_EMBEDDINGS = TopicSpec(
     name="speakerflow.step-embeddings",
-    description="Embedding output: each step with the speaker embedding of its window.",
-    messages=(SessionStart, StepEmbedding, SessionStop),
+    description="Embedding output: each step or window with the speaker embeddings it asked for.",
+    messages=(SessionStart, StepEmbedding, WindowEmbeddings, SessionStop),
     retention_ms=HOUR_MS,
 )
 SPEAKER_UPDATES = TopicSpec(
