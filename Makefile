@@ -35,7 +35,27 @@ kafka-jars: $(STAMP)
 demo: setup
 	$(VENV)/bin/speakerflow demo
 
-test: setup
+# helm for the chart tests (tests/test_helm.py), built from source through the Go module
+# proxy into .tools/; the binary is named by version so bumping HELM_VERSION rebuilds it.
+HELM_VERSION := v3.22.0
+# What helm's own release build stamps in; without it `helm template` assumes Kubernetes 1.20.
+# The minor is that of the client-go in helm's go.mod (0.37 for v3.22.0).
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+  $(foreach pkg,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(pkg).k8sVersionMajor=1 -X helm.sh/helm/v3/$(pkg).k8sVersionMinor=37)
+TOOLS := .tools/bin
+GO ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+
+tools: $(TOOLS)/helm-$(HELM_VERSION)
+.PHONY: tools
+
+$(TOOLS)/helm-$(HELM_VERSION):
+	mkdir -p $(TOOLS)/helm-build
+	GOBIN=$(CURDIR)/$(TOOLS)/helm-build GOPROXY=https://proxy.golang.org CGO_ENABLED=0 \
+	  $(GO) install -trimpath -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(TOOLS)/helm-build/helm $@ && rmdir $(TOOLS)/helm-build
+	ln -sfn helm-$(HELM_VERSION) $(TOOLS)/helm
+
+test: setup tools
 	$(PY) -m pytest -q
 
 up: setup
