@@ -29,6 +29,9 @@ def build_app(stage: str, settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_acks=-1,
+        # How long a dead worker's partitions wait for a survivor: Faust's 60 s default stalls
+        # every session on a SIGKILLed worker for a minute. Heartbeats stay at 3 s.
+        broker_session_timeout=10.0,
     )
 
 
