@@ -132,6 +132,13 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.scaleout import run_scale_out
+
+    print(run_scale_out(args.sessions, args.workers, args.embed_workers, args.kill, settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerflow",
@@ -184,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sessions", type=int, default=1)
     bench.add_argument("--num-speakers", type=int, default=2)
     bench.set_defaults(run=_benchmark)
+
+    scale = commands.add_parser(
+        "scale-out",
+        help="lag and latency with several workers per stateful stage, and failover when one is killed (fresh stack)",
+    )
+    scale.add_argument("--sessions", type=int, default=8, help="live sessions at once (synthesized, 13-20 s each)")
+    scale.add_argument("--workers", type=int, default=2, help="workers of segment and of cluster")
+    scale.add_argument("--embed-workers", type=int, default=1)
+    scale.add_argument("--kill", choices=["segment", "cluster"], help="then run again, SIGKILLing one worker of this stage")
+    scale.set_defaults(run=_scale_out)
 
     demo = commands.add_parser("demo", help="synthesize a conversation and stream it live through the whole dataflow")
     demo.add_argument("--speakers", type=int, choices=[2, 3], default=2)
