@@ -139,6 +139,36 @@ def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.config import load_profile
+    from pipeline.evaluation import EvaluationError, evaluate, format_summary, with_latency
+
+    try:
+        profile = with_latency(load_profile(args.profile), args.latency)
+        summary = evaluate(args.dir, profile, collar=args.collar, use_report=args.report, rttm_out=args.rttm_out)
+    except EvaluationError as exc:
+        raise SystemExit(f"speakerflow eval: {exc}") from None
+    print(format_summary(summary))
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.session_export import ReportNotFound, fetch_report, format_report
+
+    try:
+        report = asyncio.run(fetch_report(settings.kafka, args.session))
+    except ReportNotFound as exc:
+        raise SystemExit(f"speakerflow export: {exc}") from None
+    text = format_report(report, args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerflow",
@@ -163,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path, help="any sample rate or channel count; resampled to 16 kHz mono")
     replay.add_argument("--session", help="session id (default: a new random id)")
     replay.add_argument("--realtime", action="store_true", help="pace the audio as if it were live")
-    replay.add_argument("--num-speakers", type=int, default=2, help="speakers to track (default 2)")
+    replay.add_argument("--num-speakers", type=int, help="speakers to track, if known (default: estimated)")
     replay.add_argument("--no-wait", action="store_true", help="do not wait for the session report")
     replay.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -172,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream = commands.add_parser("stream", help="stream a WAV/FLAC through the gateway's WebSocket as a live session")
     stream.add_argument("file", type=Path)
     stream.add_argument("--url", help="gateway session URL (default from SPEAKERFLOW_GATEWAY_HOST/PORT)")
-    stream.add_argument("--num-speakers", type=int, default=2, help="speakers to track (default 2)")
+    stream.add_argument("--num-speakers", type=int, help="speakers to track, if known (default: estimated)")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     stream.add_argument("--quiet", action="store_true", help="do not print live updates")
     stream.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
@@ -201,6 +231,30 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--embed-workers", type=int, default=1)
     scale.add_argument("--kill", choices=["segment", "cluster"], help="then run again, SIGKILLing one worker of this stage")
     scale.set_defaults(run=_scale_out)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="diarization error (DER, JER) of the stages, in-process, on labelled recordings",
+        description="Run every WAV/FLAC under DIR that has an RTTM of the same name (and a UEM, if any) through "
+        "the profile's stages in one process, as fast as the CPU allows, and score the labels with pyannote.metrics "
+        "(overlapped speech scored).",
+    )
+    evaluation.add_argument("dir", type=Path, help="folder searched recursively for audio, RTTM and UEM files")
+    evaluation.add_argument("--profile", choices=["fast", "accurate"], default="accurate")
+    evaluation.add_argument("--latency", type=float, help="seconds labels trail the audio (accurate profile; default from the profile)")
+    evaluation.add_argument("--collar", type=float, default=0.25, help="total forgiveness around reference boundaries (default 0.25 s)")
+    evaluation.add_argument("--report", action="store_true", help="score the final re-clustered report instead of the live labels")
+    evaluation.add_argument("--rttm-out", type=Path, help="write one hypothesis RTTM per recording here")
+    evaluation.add_argument("--json", type=Path, help="write the scores as JSON here")
+    evaluation.set_defaults(run=_eval)
+
+    export = commands.add_parser(
+        "export", help="write a finished session's report (turns and talk time) from the bus as RTTM, JSON, CSV or text"
+    )
+    export.add_argument("session", help="session id")
+    export.add_argument("--format", choices=["rttm", "json", "csv", "text"], default="text")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="synthesize a conversation and stream it live through the whole dataflow")
     demo.add_argument("--speakers", type=int, choices=[2, 3], default=2)

@@ -62,14 +62,84 @@ class ClusteringConfig:
 
 
 @dataclass(frozen=True)
+class SegmentationConfig:
+    """Accurate profile, segment stage: pyannote segmentation-3.0 on a rolling window."""
+
+    window_s: float = 5.0
+    step_s: float = 0.5
+    # A local speaker slot counts as present in a window when its activity peaks above this.
+    active_threshold: float = 0.5
+    # Two consecutive windows' slots are the same voice (one track) when their activity on the
+    # shared frames agrees at least this much (shared activity / larger activity).
+    stitch_agreement: float = 0.5
+    # A track is embedded once it has this much activity in a window, again each time its activity
+    # in the window has grown by `embed_growth`x, and at least every `embed_refresh_s` while it talks.
+    min_embed_activity_s: float = 0.6
+    embed_growth: float = 1.8
+    embed_refresh_s: float = 2.0
+    device: str | None = None  # None: CUDA when present, else CPU
+    cpu_threads: int = 1
+
+    def samples(self, seconds: float) -> int:
+        return int(round(seconds * SAMPLE_RATE))
+
+
+@dataclass(frozen=True)
+class TrackEmbeddingConfig:
+    """Accurate profile, embed stage: CAM++ with activity-weighted statistics pooling."""
+
+    # Overlapped-speech penalty on pooling weights: w = p ** gamma * softmax(beta * p) over slots,
+    # so frames where another voice is as loud count less.
+    gamma: float = 3.0
+    beta: float = 10.0
+    # The encoder sees only the part of the window where the requested tracks talk, padded by this
+    # much each side and never less than `min_crop_s`: fewer frames, less compute.
+    crop_margin_s: float = 0.5
+    min_crop_s: float = 2.0
+    max_batch: int = 16
+    max_wait_s: float = 0.05
+    device: str | None = None
+    cpu_threads: int = 1
+
+
+@dataclass(frozen=True)
+class OverlapClusteringConfig:
+    """Accurate profile, cluster stage: tracks to global speakers, windows to labels."""
+
+    # Cosine distance to the nearest speaker past which a track opens a new speaker.
+    new_speaker_distance: float = 0.6
+    # Only tracks with this much activity in the window move a centroid.
+    update_min_activity_s: float = 1.0
+    # Labels trail the newest audio by this much; more latency, more windows agree on each frame.
+    latency_s: float = 1.0
+    # Hysteresis on the aggregated activity.
+    onset: float = 0.5
+    offset: float = 0.4
+    # A turn survives pauses up to this long; a longer one closes it.
+    max_turn_gap_s: float = 1.0
+    # Final report: agglomerative clustering of the tracks' embeddings (average linkage, cosine).
+    report_distance: float = 0.6
+    # A report cluster with less speech than this joins its nearest neighbour.
+    report_min_speaker_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     vad: VadConfig = field(default_factory=VadConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    track_embedding: TrackEmbeddingConfig = field(default_factory=TrackEmbeddingConfig)
+    overlap_clustering: OverlapClusteringConfig = field(default_factory=OverlapClusteringConfig)
+
+    @property
+    def overlap_aware(self) -> bool:
+        """The accurate chain (segmentation-3.0 + CAM++), or the fast one (Silero VAD + Resemblyzer)."""
+        return self.name == "accurate"
 
 
-PROFILES: dict[str, Profile] = {"fast": Profile(name="fast")}
+PROFILES: dict[str, Profile] = {"fast": Profile(name="fast"), "accurate": Profile(name="accurate")}
 
 
 def load_profile(name: str | None = None) -> Profile:

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.config import Profile
-from pipeline.stages.clustering import ClusteringOutput, ClusteringStage
-from pipeline.stages.embedding import EmbeddingStage, ResemblyzerEmbedder
-from pipeline.stages.vad import SileroVad, VadSessionState, VadStage
+from pipeline.stages.clustering import ClusteringOutput
 from topics.messages import AudioChunk, SessionReport, SessionStart, SpeakerTurn, SpeakerUpdate
 
 
@@ -24,16 +22,37 @@ class ChainResult:
     report: SessionReport | None = None
 
 
+def build_stages(profile: Profile):
+    """(segment, embed, cluster) stages of the profile's chain, models loaded."""
+    if profile.overlap_aware:
+        from pipeline.stages.overlap_clustering import OverlapClusteringStage
+        from pipeline.stages.segmentation import SegmentationModel, SegmentationStage
+        from pipeline.stages.track_embedding import CamppEmbedder, TrackEmbeddingStage
+
+        return (
+            SegmentationStage(profile.segmentation, SegmentationModel(profile.segmentation)),
+            TrackEmbeddingStage(profile.track_embedding, CamppEmbedder(profile.track_embedding)),
+            OverlapClusteringStage(profile.overlap_clustering),
+        )
+    from pipeline.stages.clustering import ClusteringStage
+    from pipeline.stages.embedding import EmbeddingStage, ResemblyzerEmbedder
+    from pipeline.stages.vad import SileroVad, VadStage
+
+    return (
+        VadStage(profile.vad, SileroVad()),
+        EmbeddingStage(ResemblyzerEmbedder(profile.embedding)),
+        ClusteringStage(profile.clustering),
+    )
+
+
 class InProcessChain:
     def __init__(self, profile: Profile) -> None:
-        self.vad = VadStage(profile.vad, SileroVad())
-        self.embedding = EmbeddingStage(ResemblyzerEmbedder(profile.embedding))
-        self.clustering = ClusteringStage(profile.clustering)
+        self.segment, self.embedding, self.clustering = build_stages(profile)
 
     def run(self, pcm: np.ndarray, start: SessionStart, chunk_samples: int = 3200) -> ChainResult:
-        """Stream int16 PCM through VAD, embedding and clustering in chunks."""
+        """Stream int16 PCM through the segment, embed and cluster stages in chunks."""
         session_id = start.session_id
-        vad_state = VadSessionState()
+        segment_state = self.segment.new_state()
         cluster_state = self.clustering.start(start)
         result = ChainResult()
         for seq, offset in enumerate(range(0, len(pcm), chunk_samples), start=1):
@@ -41,9 +60,9 @@ class InProcessChain:
                 session_id=session_id, seq=seq, offset=offset, producer="inprocess",
                 pcm=pcm[offset : offset + chunk_samples].astype("<i2").tobytes(),
             )
-            self._collect(result, cluster_state, self.vad.push(vad_state, chunk, ingest_ms=0))
-        self._collect(result, cluster_state, self.vad.finish(vad_state, session_id))
-        for output in self.clustering.stop(cluster_state, session_id):
+            self._collect(result, cluster_state, self.segment.push(segment_state, chunk, ingest_ms=0))
+        self._collect(result, cluster_state, self.segment.finish(segment_state, session_id))
+        for output in self.clustering.stop(cluster_state, session_id, len(pcm)):
             self._record(result, output)
         return result
 

@@ -93,7 +93,7 @@ def test_session_numbers_records_and_counts_samples():
     state.end()
     again = state.start(start())
     state.commit(again)
-    assert (again.seq, again.num_speakers, state.audio(pcm(1)).offset) == (0, 2, 0)
+    assert (again.seq, again.num_speakers, state.audio(pcm(1)).offset) == (0, None, 0)  # count estimated unless given
     assert len(again.session_id) == 32 and again.session_id != "room-1"
 
 

@@ -10,6 +10,7 @@ from pipeline.agents.app import bus_topic, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
 from pipeline.stages.clustering import ClusteringSessionState, ClusteringStage
+from pipeline.stages.overlap_clustering import OverlapClusteringSessionState, OverlapClusteringStage
 from topics import (
     SESSION_REPORTS,
     SPEAKER_TURNS,
@@ -20,6 +21,7 @@ from topics import (
     SessionStop,
     SpeakerTurn,
     StepEmbedding,
+    WindowEmbeddings,
 )
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,16 @@ def register(app: faust.App, profile: Profile) -> None:
     }
     updates = bus_topic(app, SPEAKER_UPDATES)
     sessions = session_table(app, "cluster-sessions", STEP_EMBEDDINGS)
-    stage = ClusteringStage(profile.clustering)
+    if profile.overlap_aware:
+        stage: ClusteringStage | OverlapClusteringStage = OverlapClusteringStage(profile.overlap_clustering)
+        load, work = OverlapClusteringSessionState.model_validate_json, WindowEmbeddings
+    else:
+        stage, load, work = ClusteringStage(profile.clustering), ClusteringSessionState.model_validate_json, StepEmbedding
     metrics = StageMetrics("cluster")
 
     @app.agent(source)
     async def cluster(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, ClusteringSessionState.model_validate_json, metrics):
+        async for event, message, state in session_messages(stream, sessions, load, metrics):
             key = event.key
             if isinstance(message, SessionStart):
                 if state is None:
@@ -48,11 +54,11 @@ def register(app: faust.App, profile: Profile) -> None:
                 metrics.error("unknown_session")
                 log.warning("%s for unknown session %s", message.TYPE, message.session_id)
                 continue
-            if isinstance(message, StepEmbedding):
+            if isinstance(message, work):
                 outputs = stage.push(state, message)
                 sessions[key] = state.model_dump_json().encode()
             elif isinstance(message, SessionStop):
-                outputs = stage.stop(state, message.session_id)
+                outputs = stage.stop(state, message.session_id, message.offset)
                 del sessions[key]
             else:
                 continue

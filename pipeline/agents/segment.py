@@ -1,4 +1,7 @@
-"""Segmentation agent (VAD in the fast profile): speakerflow.audio -> speakerflow.speech-steps."""
+"""Segment agent: speakerflow.audio -> speakerflow.speech-steps.
+
+Silero VAD steps in the fast profile, segmentation-3.0 windows in the accurate one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import faust
 from pipeline.agents.app import bus_topic, ingest_ms, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
+from pipeline.stages.segmentation import SegmentationModel, SegmentationSessionState, SegmentationStage
 from pipeline.stages.vad import SileroVad, VadSessionState, VadStage
 from topics import AUDIO, SPEECH_STEPS, AudioChunk, SessionStart, SessionStop
 
@@ -18,17 +22,25 @@ log = logging.getLogger(__name__)
 def register(app: faust.App, profile: Profile) -> None:
     source, sink = bus_topic(app, AUDIO), bus_topic(app, SPEECH_STEPS)
     sessions = session_table(app, "segment-sessions", AUDIO)
-    stage = VadStage(profile.vad, SileroVad())
     metrics = StageMetrics("segment")
-    metrics.model_info("silero-vad", "cpu")
+    if profile.overlap_aware:
+        model = SegmentationModel(profile.segmentation)
+        stage: VadStage | SegmentationStage = SegmentationStage(profile.segmentation, model)
+        load = SegmentationSessionState.from_bytes
+        metrics.model_info("pyannote-segmentation-3.0", model.device.type)
+    else:
+        stage, load = VadStage(profile.vad, SileroVad()), VadSessionState.from_bytes
+        metrics.model_info("silero-vad", "cpu")
 
     @app.agent(source)
     async def segment(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, VadSessionState.from_bytes, metrics):
+        async for event, message, state in session_messages(stream, sessions, load, metrics):
             key = event.key
             if isinstance(message, SessionStart):
                 if state is None:  # a replayed start of a running session changes nothing
-                    sessions[key] = VadSessionState(last_seq=message.seq).to_bytes()
+                    fresh = stage.new_state()
+                    fresh.last_seq = message.seq
+                    sessions[key] = fresh.to_bytes()
                     await send(sink, message)
             elif state is None:
                 metrics.error("unknown_session")

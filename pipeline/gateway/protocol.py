@@ -7,7 +7,8 @@ here can be tested without a socket or a broker.
 
 Client actions (text frames)::
 
-    {"action": "start", "num_speakers": 2, "max_speakers": 20, "session_id": "..."}  (all but action optional)
+    {"action": "start", "num_speakers": 2, "max_speakers": 20, "session_id": "..."}  (all but action optional;
+    without num_speakers the count is estimated, up to max_speakers)
     {"action": "stop"}
 
 plus binary frames of PCM s16le, 16 kHz, mono.

@@ -19,7 +19,7 @@ class GatewaySessionError(RuntimeError):
 async def stream_session(
     url: str,
     pcm: np.ndarray,
-    num_speakers: int | None = 2,
+    num_speakers: int | None = None,
     realtime: bool = True,
     chunk_ms: int = 200,
     on_event: Callable[[dict], None] | None = None,

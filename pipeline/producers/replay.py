@@ -18,7 +18,7 @@ async def replay(
     pcm: np.ndarray,
     bootstrap: str,
     session_id: str | None = None,
-    num_speakers: int | None = 2,
+    num_speakers: int | None = None,
     realtime: bool = False,
     chunk_ms: int = 200,
     wait_report_s: float | None = 120.0,

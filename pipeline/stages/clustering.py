@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.config import ClusteringConfig
 from topics.messages import (
     SAMPLE_RATE,
+    LabeledSpan,
     ReportedSpeaker,
     ReportedTurn,
     SessionReport,
@@ -85,13 +86,17 @@ class ClusteringStage:
                 session_id=step.session_id,
                 position_ms=samples_to_ms(step.end),
                 current_speaker=speaker,
+                active_speakers=[] if speaker is None else [speaker],
+                spans=[]
+                if speaker is None
+                else [LabeledSpan(speaker=speaker, start_ms=samples_to_ms(a), end_ms=samples_to_ms(b)) for a, b in step.speech],
                 speaking_time_ms=self.speaking_time_ms(state),
                 ingest_ms=step.ingest_ms,
             )
         )
         return outputs
 
-    def stop(self, state: ClusteringSessionState, session_id: str) -> list[ClusteringOutput]:
+    def stop(self, state: ClusteringSessionState, session_id: str, duration_samples: int | None = None) -> list[ClusteringOutput]:
         # Voiced time still unattributed here was never near a named speaker: it stays uncounted.
         outputs: list[ClusteringOutput] = []
         if state.turn is not None:
@@ -100,7 +105,7 @@ class ClusteringStage:
         outputs.append(
             SessionReport(
                 session_id=session_id,
-                duration_ms=samples_to_ms(state.position),
+                duration_ms=samples_to_ms(state.position if duration_samples is None else duration_samples),
                 speakers=[ReportedSpeaker(id=i, total_time_ms=ms) for i, ms in totals.items()],
                 turns=[
                     ReportedTurn(speaker=t.speaker, start_ms=samples_to_ms(t.start), end_ms=samples_to_ms(t.end))

