@@ -114,7 +114,8 @@ def test_a_worker_killed_mid_stream_hands_its_sessions_to_the_survivor(stack, re
 
     assert math.isfinite(failover.takeover_s), failover
     assert total(scrape(stack.metrics_url(failover.survivor)), "speakerflow_assigned_partitions", stage=stage) == PARTITIONS
-    assert math.isfinite(failover.resume_s), failover
+    # The consumer session timeout (10 s) bounds how long a dead worker's sessions stall.
+    assert failover.resume_s < 30, failover
     # The victim's sessions started there and carry on in the survivor from the state in the
     # changelog: without it they would have no report, or one for their second half only.
     for conversation, session in zip(conversations_, run.sessions):
