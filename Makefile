@@ -55,6 +55,26 @@ $(TOOLS)/helm-$(HELM_VERSION):
 	mv $(TOOLS)/helm-build/helm $@ && rmdir $(TOOLS)/helm-build
 	ln -sfn helm-$(HELM_VERSION) $(TOOLS)/helm
 
+# The compose CLI for tests/test_compose.py (`docker compose config` validates docker-compose*.yml),
+# built from the Go module proxy like helm. Compose's go.mod carries exclude directives, which
+# `go install pkg@version` refuses, so it is built from a throwaway module that requires it and
+# copies its go line and excludes (the build then resolves the same dependency versions).
+COMPOSE_VERSION := v5.5.1
+COMPOSE_MODULE := github.com/docker/compose/v5
+
+tools: $(TOOLS)/docker-compose-$(COMPOSE_VERSION)
+
+$(TOOLS)/docker-compose-$(COMPOSE_VERSION):
+	rm -rf $(TOOLS)/compose-build && mkdir -p $(TOOLS)/compose-build
+	cd $(TOOLS)/compose-build && \
+	  gomod=$$($(GO) mod download -json $(COMPOSE_MODULE)@$(COMPOSE_VERSION) | sed -n 's/^\s*"GoMod": "\(.*\)",$$/\1/p') && \
+	  { echo 'module speakerflow.tools/compose'; grep '^go ' "$$gomod"; \
+	    echo 'require $(COMPOSE_MODULE) $(COMPOSE_VERSION)'; sed -n '/^exclude (/,/^)/p' "$$gomod"; } > go.mod && \
+	  GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0 $(GO) build -trimpath \
+	    -ldflags '-s -w -X $(COMPOSE_MODULE)/internal.Version=$(COMPOSE_VERSION)' -o $(CURDIR)/$@ $(COMPOSE_MODULE)/cmd
+	rm -rf $(TOOLS)/compose-build
+	ln -sfn docker-compose-$(COMPOSE_VERSION) $(TOOLS)/docker-compose
+
 test: setup tools
 	$(PY) -m pytest -q
 
