@@ -44,5 +44,8 @@ def run_worker(stage: str, settings: Settings, loglevel: str = "warning") -> Non
     STAGES[stage](app, load_profile(settings.profile))
     asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)]))
     serve_worker_metrics(app, stage, settings.metrics_port)
-    ready_file = os.environ.get("SPEAKERFLOW_READY_FILE")
-    StageWorker(app, Path(ready_file) if ready_file else None, loglevel=loglevel).execute_from_commandline()
+    ready_file = Path(os.environ["SPEAKERFLOW_READY_FILE"]) if os.environ.get("SPEAKERFLOW_READY_FILE") else None
+    if ready_file is not None:
+        # A restarted container keeps its /tmp: a file left by the previous run must not claim readiness.
+        ready_file.unlink(missing_ok=True)
+    StageWorker(app, ready_file, loglevel=loglevel).execute_from_commandline()
