@@ -29,7 +29,9 @@ class LiveView:
             return
         times = "  ".join(f"spk{k}: {v / 1000:5.1f}s" for k, v in sorted(event["speakingTimeMs"].items()))
         current = event["currentSpeakerId"]
-        line = f"now: {'silence' if current is None else f'spk{current}':<8} talk time  {times}"
+        active = event.get("activeSpeakerIds") or ([] if current is None else [current])
+        now = " + ".join(f"spk{s}" for s in active) if active else "silence"
+        line = f"now: {now:<12} talk time  {times}"
         if self.tty:
             print(f"\r{line:<100}", end="", flush=True)
         else:

@@ -156,9 +156,14 @@ def test_parse_action_accepts():
 
 def test_result_events_have_the_protocol_shape():
     update = SpeakerUpdate(
-        session_id="s", position_ms=1700, current_speaker=0, speaking_time_ms={1: 500, 0: 1200}, ingest_ms=1
+        session_id="s",
+        position_ms=1700,
+        current_speaker=0,
+        active_speakers=[0, 1],
+        speaking_time_ms={1: 500, 0: 1200},
+        ingest_ms=1,
     )
-    silence = update.model_copy(update={"current_speaker": None})
+    silence = update.model_copy(update={"current_speaker": None, "active_speakers": []})
     turn = SpeakerTurn(session_id="s", speaker=1, start_ms=1200, end_ms=1700, final=True)
     report = SessionReport(
         session_id="s",
@@ -169,6 +174,7 @@ def test_result_events_have_the_protocol_shape():
     assert result_event(update).wire() == {
         "event": "speaker",
         "currentSpeakerId": 0,
+        "activeSpeakerIds": [0, 1],  # overlapped speech: both talk, 0 dominates
         "speakingTimeMs": {"0": 1200, "1": 500},
     }
     assert json.loads(result_event(silence).to_json())["currentSpeakerId"] is None
@@ -470,7 +476,7 @@ async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gat
         session_id="fan-s", position_ms=1700, current_speaker=0, speaking_time_ms={0: 1200, 1: 500}, ingest_ms=5
     )
     turn = SpeakerTurn(session_id="fan-s", speaker=0, start_ms=0, end_ms=1200, final=True)
-    speaker_event = {"event": "speaker", "currentSpeakerId": 0, "speakingTimeMs": {"0": 1200, "1": 500}}
+    speaker_event = {"event": "speaker", "currentSpeakerId": 0, "activeSpeakerIds": [], "speakingTimeMs": {"0": 1200, "1": 500}}
     turn_event = {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": True}
     report_event = {
         "event": "report",
@@ -502,7 +508,7 @@ async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gat
 
         # The second gateway has dispatched fan-s's results by now; its own session got none of them.
         await publish(bus, SPEAKER_UPDATES, _update("fan-t", 900).model_copy(update={"current_speaker": None}))
-        assert await receive(other_ws) == {"event": "speaker", "currentSpeakerId": None, "speakingTimeMs": {"0": 900}}
+        assert await receive(other_ws) == {"event": "speaker", "currentSpeakerId": None, "activeSpeakerIds": [], "speakingTimeMs": {"0": 900}}
         await expect_nothing(other_ws)
 
         await session_ws.send(json.dumps({"action": "stop"}))

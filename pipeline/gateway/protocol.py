@@ -16,7 +16,7 @@ plus binary frames of PCM s16le, 16 kHz, mono.
 Server events (text frames)::
 
     {"event": "started", "num_speakers": 2, "sessionId": "..."}
-    {"event": "speaker", "currentSpeakerId": 0, "speakingTimeMs": {"0": 1200, "1": 500}}
+    {"event": "speaker", "currentSpeakerId": 0, "activeSpeakerIds": [0, 1], "speakingTimeMs": {"0": 1200, "1": 500}}
     {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": true}   (subscribers only)
     {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000}]}
     {"event": "error", "code": "...", "message": "..."}
@@ -160,6 +160,8 @@ class StartedEvent(_Event):
 class SpeakerEvent(_Event):
     event: Literal["speaker"] = "speaker"
     current_speaker_id: int | None = Field(alias="currentSpeakerId")
+    # Everyone talking at the update's position, dominant first: two or more in overlapped speech.
+    active_speaker_ids: list[int] = Field(default=[], alias="activeSpeakerIds")
     # JSON object keys are strings; declaring them so keeps the Python view equal to the wire.
     speaking_time_ms: dict[str, int] = Field(alias="speakingTimeMs")
 
@@ -205,6 +207,7 @@ def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEve
     if isinstance(message, SpeakerUpdate):
         return SpeakerEvent(
             current_speaker_id=message.current_speaker,
+            active_speaker_ids=message.active_speakers,
             speaking_time_ms={str(k): v for k, v in sorted(message.speaking_time_ms.items())},
         )
     if isinstance(message, SpeakerTurn):
