@@ -126,6 +126,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
+    if args.stages:
+        from pipeline.config import load_profile
+        from pipeline.stage_benchmark import run_stage_benchmark
+
+        print(run_stage_benchmark(_load(args.file), load_profile(args.profile or settings.profile)))
+        return 0
     from pipeline.benchmark import run_benchmark
 
     print(run_benchmark(_load(args.file), args.sessions, args.num_speakers, settings))
@@ -219,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("file", type=Path)
     bench.add_argument("--sessions", type=int, default=1)
-    bench.add_argument("--num-speakers", type=int, default=2)
+    bench.add_argument("--num-speakers", type=int, help="speakers per session, if known (default: estimated)")
+    bench.add_argument(
+        "--stages", action="store_true", help="instead: compute per audio second of each stage, one stream, one core, no broker"
+    )
+    bench.add_argument("--profile", choices=["fast", "accurate"], help="profile for --stages (default SPEAKERFLOW_PROFILE)")
     bench.set_defaults(run=_benchmark)
 
     scale = commands.add_parser(

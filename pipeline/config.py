@@ -69,6 +69,9 @@ class SegmentationConfig:
     step_s: float = 0.5
     # A local speaker slot counts as present in a window when its activity peaks above this.
     active_threshold: float = 0.5
+    # The model may keep two similar voices in one slot across a pause; a dip of the slot's
+    # activity below this cuts it into separate runs (local speakers), each embedded on its own.
+    split_below: float = 0.7
     # Two consecutive windows' slots are the same voice (one track) when their activity on the
     # shared frames agrees at least this much (shared activity / larger activity).
     stitch_agreement: float = 0.5

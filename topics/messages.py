@@ -141,8 +141,9 @@ class SegmentedWindow(_AudioMessage):
 
     `activity[k][i]` is local speaker k's activity (percent) in frame i; frame i is
     centred `frame_offset_s + i * frame_step_s` seconds after `start`. A local
-    speaker slot belongs to a track (a voice followed from window to window);
-    `pcm` carries the window audio only when some track needs a new embedding.
+    speaker is a run of speech the segmentation gave one voice; it belongs to a
+    track (the run followed from window to window). `pcm` carries the window
+    audio only when some track needs a new embedding.
     """
 
     TYPE: ClassVar[str] = "segment.window"
@@ -152,7 +153,10 @@ class SegmentedWindow(_AudioMessage):
     ingest_ms: int = Field(ge=0)
     frame_offset_s: float = Field(ge=0)
     frame_step_s: float = Field(gt=0)
-    tracks: Annotated[list[int], HeaderJson] = Field(description="track id per local speaker slot, -1 for a silent slot")
+    tracks: Annotated[list[int], HeaderJson] = Field(description="track id per local speaker")
+    follows: Annotated[list[int], HeaderJson] = Field(
+        default=[], description="per local speaker: the track the model heard as the same voice before a pause, or -1"
+    )
     activity: Annotated[list[list[int]], HeaderJson] = Field(description="per slot, per frame: activity in percent")
     embed_tracks: Annotated[list[int], HeaderJson] = Field(default="[]", description="tracks to embed from this window's audio")
 
@@ -169,6 +173,7 @@ class WindowEmbeddings(_JsonMessage):
     frame_offset_s: float = Field(ge=0)
     frame_step_s: float = Field(gt=0)
     tracks: list[int]
+    follows: list[int] = []
     activity: list[list[int]]
     embeddings: dict[int, list[float]] = Field(description="L2-normalised embedding per embedded track")
 

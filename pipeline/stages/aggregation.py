@@ -25,7 +25,8 @@ class WindowActivity(BaseModel):
     frame_offset_s: float
     frame_step_s: float
     tracks: list[int]
-    activity: list[list[float]]  # per slot, per frame, in [0, 1]
+    follows: list[int] = []
+    activity: list[list[float]]  # per local speaker, per frame, in [0, 1]
     # The global speaker of each slot as decided when the window arrived (None: not identified yet).
     speakers: list[int | None] = []
 

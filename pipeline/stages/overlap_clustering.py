@@ -84,6 +84,7 @@ class OverlapClusteringSessionState(BaseModel):
     window_s: float = 0.0
     centroid_sums: list[list[float]] = []
     speaker_of_track: dict[int, int] = {}
+    provisional: dict[int, int] = {}  # tracks not embedded yet, labelled as the track they follow
     embedded: list[Embedded] = []
     # Pairs of `embedded` indices heard in one window: never one speaker.
     cannot_link: set[tuple[int, int]] = set()
@@ -117,6 +118,7 @@ class OverlapClusteringStage:
             frame_offset_s=message.frame_offset_s,
             frame_step_s=message.frame_step_s,
             tracks=message.tracks,
+            follows=message.follows,
             activity=(np.asarray(message.activity, np.float32) / ACTIVITY_SCALE).tolist(),
         )
         state.windows.append(window)
@@ -145,24 +147,48 @@ class OverlapClusteringStage:
         """Assign the freshly embedded tracks, then label this window's slots (and back-fill earlier ones)."""
         present = [t for t in window.tracks if t >= 0]
         speech_s = {t: sum(window.activity[slot]) * window.frame_step_s for slot, t in enumerate(window.tracks) if t >= 0}
+        together = co_active(window)
         fresh = [t for t in present if t in embeddings]
         if fresh:
             centre = (window.start_s + window.end_s) / 2
-            first = len(state.embedded)
+            item = {t: len(state.embedded) + i for i, t in enumerate(fresh)}
             state.embedded += [Embedded(track=t, time_s=centre, speech_s=speech_s[t], vector=embeddings[t]) for t in fresh]
-            state.cannot_link |= {(a, b) for a in range(first, len(state.embedded)) for b in range(a + 1, len(state.embedded))}
-            self._assign(state, fresh, [embeddings[t] for t in fresh], present, speech_s)
-        window.speakers = [state.speaker_of_track.get(t) if t >= 0 else None for t in window.tracks]
+            state.cannot_link |= {(item[a], item[b]) for a, b in together if a in item and b in item}
+            for group in _groups(fresh, together):
+                self._assign(state, group, [embeddings[t] for t in group], together, speech_s)
+        for track, before in zip(window.tracks, window.follows):
+            # Until its own embedding says otherwise, a run the model heard as the voice before the pause is that voice.
+            if track not in state.speaker_of_track and before in state.speaker_of_track:
+                state.provisional[track] = state.speaker_of_track[before]
+        window.speakers = [self._speaker(state, t) for t in window.tracks]
         for earlier in state.windows:
             for slot, track in enumerate(earlier.tracks):
-                if track >= 0 and earlier.speakers[slot] is None:
-                    earlier.speakers[slot] = state.speaker_of_track.get(track)
+                if earlier.speakers[slot] is None:
+                    earlier.speakers[slot] = self._speaker(state, track)
+
+    @staticmethod
+    def _speaker(state: OverlapClusteringSessionState, track: int) -> int | None:
+        if track < 0:
+            return None
+        return state.speaker_of_track.get(track, state.provisional.get(track))
 
     def _assign(
-        self, state: OverlapClusteringSessionState, fresh: list[int], vectors: list[list[float]], present: list[int], speech_s: dict[int, float]
+        self,
+        state: OverlapClusteringSessionState,
+        fresh: list[int],
+        vectors: list[list[float]],
+        together: set[tuple[int, int]],
+        speech_s: dict[int, float],
     ) -> None:
-        # Speakers held by the window's other tracks are out of reach (cannot-link).
-        held = {state.speaker_of_track[t] for t in present if t not in fresh and t in state.speaker_of_track}
+        """One optimal assignment for tracks heard at the same time (a group of `_groups`)."""
+        # Speakers of other tracks talking at the same time are out of reach (cannot-link).
+        held = {
+            state.speaker_of_track[other]
+            for track in fresh
+            for a, b in together
+            for other in ((b,) if a == track else (a,) if b == track else ())
+            if other not in fresh and other in state.speaker_of_track
+        }
         columns = [s for s in range(len(state.centroid_sums)) if s not in held]
         centroids = np.asarray([state.centroid_sums[s] for s in columns]).reshape(len(columns), len(vectors[0]))
         choice = assign(
@@ -330,6 +356,29 @@ class OverlapClusteringStage:
     def _forget_old_windows(self, state: OverlapClusteringSessionState) -> None:
         settled = min(state.live_until_s, state.report_until_s)
         state.windows = [w for w in state.windows if w.end_s > settled]
+
+
+def co_active(window: WindowActivity, threshold: float = 0.5, min_frames: int = 2) -> set[tuple[int, int]]:
+    """Pairs of the window's tracks (a < b) that talk at the same time: never the same speaker."""
+    on = (np.asarray(window.activity) >= threshold).astype(np.int32)
+    shared = on @ on.T
+    tracks = window.tracks
+    return {
+        (min(tracks[i], tracks[j]), max(tracks[i], tracks[j]))
+        for i in range(len(tracks))
+        for j in range(i + 1, len(tracks))
+        if tracks[i] >= 0 and tracks[j] >= 0 and shared[i, j] >= min_frames
+    }
+
+
+def _groups(tracks: list[int], together: set[tuple[int, int]]) -> list[list[int]]:
+    """Connected groups of `tracks` under the talking-at-the-same-time relation."""
+    groups: list[list[int]] = []
+    for track in tracks:
+        linked = [g for g in groups if any((min(track, t), max(track, t)) in together for t in g)]
+        merged = [track] + [t for g in linked for t in g]
+        groups = [g for g in groups if g not in linked] + [merged]
+    return groups
 
 
 def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:

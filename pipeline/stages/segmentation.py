@@ -1,10 +1,14 @@
 """Local speaker segmentation (accurate profile): audio chunks in, one segmented window per step out.
 
 pyannote segmentation-3.0 labels a rolling `window_s` window every `step_s`
-with up to three local speakers per window, overlap included. Local slots are
-numbered arbitrarily in every window, so each window's slots are stitched to
-the previous window's by how well their activity agrees on the frames the two
-windows share: a voice followed that way is a *track*. The stage asks the
+with up to three local speakers per window, overlap included. The model
+sometimes keeps two similar voices in one slot when a pause separates them, so
+a slot is cut at every pause into *runs*, the local speakers this stage works
+with. Local speakers are numbered arbitrarily in every window, so each window's
+runs are stitched to the previous window's by how well their activity agrees on
+the frames the two windows share: a run followed that way is a *track*. A track
+that continues its slot after a pause says which track it follows, a hint the
+clustering uses until the track's own embedding arrives. The stage asks the
 embed stage for a track's embedding only when the track has enough new speech
 to say more about its voice, so the encoder runs a few times per speaker turn
 rather than on every window, and the window audio travels on the bus only then.
@@ -113,6 +117,38 @@ class SegmentationSessionState:
         return state
 
 
+def _stretches(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def split_runs(activity: np.ndarray, threshold: float, split_below: float) -> tuple[np.ndarray, list[int]]:
+    """(frames, slots) -> (frames, runs) activity, one column per run, and the slot of each run.
+
+    A run is a stretch of a slot at or above `threshold`, cut again wherever its activity
+    dips below `split_below` between two stronger parts (a pause the model was unsure
+    of). The slot's activity is shared out between its runs at the quietest frame of
+    each pause, so nothing is lost or counted twice.
+    """
+    columns, slots = [], []
+    for slot in range(activity.shape[1]):
+        values = activity[:, slot]
+        stretches = _stretches(values >= threshold)
+        cuts = [int(a_end + np.argmin(values[a_end:b_start])) for (_, a_end), (b_start, _) in zip(stretches[:-1], stretches[1:])]
+        for lo, hi in stretches:
+            cores = _stretches(values[lo:hi] >= split_below)
+            cuts += [lo + int(a_end + np.argmin(values[lo + a_end : lo + b_start])) for (_, a_end), (b_start, _) in zip(cores[:-1], cores[1:])]
+        bounds = [0, *sorted(cuts), len(values)] if stretches else []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            column = np.zeros_like(values)
+            column[lo:hi] = values[lo:hi]
+            columns.append(column)
+            slots.append(slot)
+    if not columns:
+        return np.zeros((activity.shape[0], 0), activity.dtype), []
+    return np.stack(columns, axis=1), slots
+
+
 def stitch(previous: np.ndarray, current: np.ndarray, shift: int, min_agreement: float) -> dict[int, int]:
     """Map current slots to previous slots of the same voice: {current slot: previous slot}.
 
@@ -184,9 +220,14 @@ class SegmentationStage:
         return windows
 
     def _segment(self, state: SegmentationSessionState, session_id: str, start: int, end: int, audio: np.ndarray) -> SegmentedWindow:
-        activity = self.model(audio[np.newaxis])[0]
+        activity, slots = split_runs(self.model(audio[np.newaxis])[0], self.config.active_threshold, self.config.split_below)
         tracks = self._track(state, activity)
         embed = self._tracks_to_embed(state, activity, tracks)
+        previous_in_slot: dict[int, int] = {}
+        follows = []
+        for slot, track in zip(slots, tracks):
+            follows.append(previous_in_slot.get(slot, -1))
+            previous_in_slot[slot] = track
         state.previous_activity, state.previous_tracks = activity.astype(np.float32), tracks
         return SegmentedWindow(
             session_id=session_id,
@@ -197,19 +238,16 @@ class SegmentationStage:
             frame_offset_s=self.model.frame_offset_s,
             frame_step_s=self.model.frame_step_s,
             tracks=tracks,
+            follows=follows,
             activity=np.rint(activity.T * ACTIVITY_SCALE).astype(int).tolist(),
             embed_tracks=embed,
             pcm=audio.astype("<i2").tobytes() if embed else b"",
         )
 
     def _track(self, state: SegmentationSessionState, activity: np.ndarray) -> list[int]:
-        present = activity.max(axis=0) >= self.config.active_threshold
         followed = stitch(state.previous_activity, activity, self._shift, self.config.stitch_agreement)
         tracks = []
         for slot in range(activity.shape[1]):
-            if not present[slot]:
-                tracks.append(-1)
-                continue
             before = followed.get(slot)
             if before is not None and state.previous_tracks[before] >= 0:
                 tracks.append(state.previous_tracks[before])

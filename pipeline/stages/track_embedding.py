@@ -103,6 +103,7 @@ class TrackEmbeddingStage:
             frame_offset_s=window.frame_offset_s,
             frame_step_s=window.frame_step_s,
             tracks=window.tracks,
+            follows=window.follows,
             activity=window.activity,
             embeddings=embeddings,
         )
