@@ -78,6 +78,17 @@ $(TOOLS)/docker-compose-$(COMPOSE_VERSION):
 test: setup tools
 	$(PY) -m pytest -q
 
+# The README's accuracy table: DER on a labelled folder (default: the shared dev set, read in place).
+DEVSET ?= ../shared/data/devset
+accuracy: setup
+	@for latency in 0.5 1 5; do $(VENV)/bin/speakerflow eval $(DEVSET) --profile accurate --latency $$latency; echo; done
+	$(VENV)/bin/speakerflow eval $(DEVSET) --profile accurate --report; echo
+	$(VENV)/bin/speakerflow eval $(DEVSET) --profile accurate --report --collar 0; echo
+	$(VENV)/bin/speakerflow eval $(DEVSET) --profile fast
+	$(VENV)/bin/speakerflow benchmark $(DEVSET)/audio/dev01.flac --stages --profile accurate
+	$(VENV)/bin/speakerflow benchmark $(DEVSET)/audio/dev01.flac --stages --profile fast
+.PHONY: accuracy
+
 up: setup
 	$(VENV)/bin/speakerflow up
 

@@ -163,10 +163,14 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.session_export import ReportNotFound, fetch_report, format_report
 
+    from aiokafka.errors import KafkaConnectionError
+
     try:
         report = asyncio.run(fetch_report(settings.kafka, args.session))
     except ReportNotFound as exc:
         raise SystemExit(f"speakerflow export: {exc}") from None
+    except KafkaConnectionError:
+        raise SystemExit(f"speakerflow export: cannot reach Kafka at {settings.kafka} (SPEAKERFLOW_KAFKA)") from None
     text = format_report(report, args.format)
     if args.output is None:
         sys.stdout.write(text)

@@ -2,7 +2,8 @@
 
 Reports live on the compacted `speakerflow.session-reports` topic, keyed by
 session id, so the newest report of any session stays readable for as long as
-the topic exists; only the session's own partition is read.
+the topic exists. Every partition is read (compaction keeps them small) rather
+than guessing which one the producing worker's partitioner chose.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import csv
 import io
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from topics import SESSION_REPORTS, DecodeError, SessionReport, decode
 
@@ -22,32 +22,31 @@ class ReportNotFound(LookupError):
     pass
 
 
-def partition_of(session_id: str, partitions: int) -> int:
-    # The producers' default partitioner (murmur2 of the key, as the Java client does).
-    return (murmur2(session_id.encode()) & 0x7FFFFFFF) % partitions
-
-
 async def fetch_report(bootstrap: str, session_id: str) -> SessionReport:
     """The newest report of the session; ReportNotFound if it has none."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    # Reading from the start must be the consumer's default: a seek issued right after
+    # assign() can lose the race with the default reset to the end.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
-        tp = TopicPartition(SESSION_REPORTS.name, partition_of(session_id, SESSION_REPORTS.partitions))
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        await consumer.seek_to_beginning(tp)
+        partitions = [TopicPartition(SESSION_REPORTS.name, p) for p in range(SESSION_REPORTS.partitions)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
         found: SessionReport | None = None
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            for record in batch.get(tp, []):
-                if record.key != session_id.encode():
-                    continue
-                try:
-                    message = decode(record.key, record.value, record.headers)
-                except DecodeError:
-                    continue
-                if isinstance(message, SessionReport):
-                    found = message
+        for tp in partitions:
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.key != session_id.encode():
+                        continue
+                    try:
+                        message = decode(record.key, record.value, record.headers)
+                    except DecodeError:
+                        continue
+                    if isinstance(message, SessionReport):
+                        found = message
     finally:
         await consumer.stop()
     if found is None:

@@ -98,6 +98,13 @@ def test_aggregation_averages_the_windows_that_cover_each_frame():
     np.testing.assert_allclose(activity[0], [1.0, 0.5, 0.0])
 
 
+def test_a_silent_window_votes_silence():
+    silent = WindowActivity(start_s=0.0, end_s=2.0, frame_offset_s=0.01, frame_step_s=0.02, tracks=[], activity=[])
+    talking = window(0.0, [[1, 1, 1, 1]], [0])
+    activity, _ = aggregate([silent, talking], np.array([0.5, 1.5]))
+    np.testing.assert_allclose(activity[0], [0.5, 0.5])
+
+
 def test_aggregation_ignores_unidentified_slots_and_adds_a_split_voice_once():
     w = window(0.0, [[0.6, 0.6], [0.6, 0.6], [1, 1]], [3, 3, None])
     activity, dominant = aggregate([w], np.array([0.25, 0.75]))

@@ -32,9 +32,11 @@ class WindowActivity(BaseModel):
 
     def at(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(times, slots) activity at `times` (s), and which of the times this window covers."""
+        covered = (times >= self.start_s) & (times < self.end_s)
+        if not self.activity:  # nobody spoke in this window
+            return np.zeros((len(times), 0), np.float32), covered
         frames = np.asarray(self.activity, np.float32).T
         model_times = self.start_s + self.frame_offset_s + self.frame_step_s * np.arange(frames.shape[0])
-        covered = (times >= self.start_s) & (times < self.end_s)
         values = np.stack([np.interp(times, model_times, frames[:, k]) for k in range(frames.shape[1])], axis=1)
         return values * covered[:, None], covered
 
