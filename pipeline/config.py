@@ -110,7 +110,7 @@ class OverlapClusteringConfig:
     """Accurate profile, cluster stage: tracks to global speakers, windows to labels."""
 
     # Cosine distance to the nearest speaker past which a track opens a new speaker.
-    new_speaker_distance: float = 0.6
+    new_speaker_distance: float = 0.4
     # Only tracks with this much activity in the window move a centroid.
     update_min_activity_s: float = 1.0
     # Labels trail the newest audio by this much; more latency, more windows agree on each frame.
@@ -121,9 +121,12 @@ class OverlapClusteringConfig:
     # A turn survives pauses up to this long; a longer one closes it.
     max_turn_gap_s: float = 1.0
     # Final report: agglomerative clustering of the tracks' embeddings (average linkage, cosine).
-    report_distance: float = 0.6
+    report_distance: float = 0.5
     # A report cluster with less speech than this joins its nearest neighbour.
     report_min_speaker_s: float = 1.0
+    # In the report, a speaker's pauses shorter than this are part of their turn (breaths,
+    # commas): the final report reads as turns, not as a flicker of fragments.
+    report_fill_gap_s: float = 0.0
 
 
 @dataclass(frozen=True)

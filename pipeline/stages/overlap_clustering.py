@@ -294,7 +294,7 @@ class OverlapClusteringStage:
         turns = []
         totals = {}
         for speaker, intervals in by_speaker.items():
-            merged = _merge(intervals)
+            merged = _merge(intervals, _ms(self.config.report_fill_gap_s))
             totals[speaker] = sum(e - s for s, e in merged)
             turns += [LabeledSpan(speaker=speaker, start_ms=s, end_ms=e) for s, e in merged]
         turns.sort(key=lambda t: (t.start_ms, t.speaker))
@@ -381,10 +381,10 @@ def _groups(tracks: list[int], together: set[tuple[int, int]]) -> list[list[int]
     return groups
 
 
-def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _merge(intervals: list[tuple[int, int]], fill_gap_ms: int = 0) -> list[tuple[int, int]]:
     merged: list[list[int]] = []
     for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
+        if merged and start <= merged[-1][1] + fill_gap_ms:
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
