@@ -136,19 +136,20 @@ class SpeechStep(_AudioMessage):
     )
 
 
-class SegmentedWindow(_AudioMessage):
-    """One rolling window after local speaker segmentation (accurate profile).
+class _WindowFields(BaseModel):
+    """A rolling window's local speaker segmentation (accurate profile).
 
     `activity[k][i]` is local speaker k's activity (percent) in frame i; frame i is
     centred `frame_offset_s + i * frame_step_s` seconds after `start`. A local
     speaker is a run of speech the segmentation gave one voice; it belongs to a
-    track (the run followed from window to window). `pcm` carries the window
-    audio only when some track needs a new embedding.
+    track (the run followed from window to window).
     """
 
-    TYPE: ClassVar[str] = "segment.window"
     step: int = Field(ge=0)
-    start: int = Field(description="stream position of the window's first sample; negative while the window still reaches before the session (zero padding)")
+    start: int = Field(
+        description="stream position of the window's first sample; negative while the window still "
+        "reaches before the session (zero padding)"
+    )
     end: Samples
     ingest_ms: int = Field(ge=0)
     frame_offset_s: float = Field(ge=0)
@@ -157,24 +158,21 @@ class SegmentedWindow(_AudioMessage):
     follows: Annotated[list[int], HeaderJson] = Field(
         default=[], description="per local speaker: the track the model heard as the same voice before a pause, or -1"
     )
-    activity: Annotated[list[list[int]], HeaderJson] = Field(description="per slot, per frame: activity in percent")
-    embed_tracks: Annotated[list[int], HeaderJson] = Field(default="[]", description="tracks to embed from this window's audio")
+    activity: Annotated[list[list[int]], HeaderJson] = Field(description="per local speaker, per frame: activity in percent")
 
 
-class WindowEmbeddings(_JsonMessage):
+class SegmentedWindow(_AudioMessage, _WindowFields):
+    """A segmented window; `pcm` carries its audio only when some track needs a new embedding."""
+
+    TYPE: ClassVar[str] = "segment.window"
+    embed_tracks: Annotated[list[int], HeaderJson] = Field(default=[], description="tracks to embed from this window's audio")
+
+
+class WindowEmbeddings(_JsonMessage, _WindowFields):
     """A segmented window with the embeddings of the tracks it asked for."""
 
     TYPE: ClassVar[str] = "window.embeddings"
     type: Literal["window.embeddings"] = "window.embeddings"
-    step: int = Field(ge=0)
-    start: int
-    end: Samples
-    ingest_ms: int = Field(ge=0)
-    frame_offset_s: float = Field(ge=0)
-    frame_step_s: float = Field(gt=0)
-    tracks: list[int]
-    follows: list[int] = []
-    activity: list[list[int]]
     embeddings: dict[int, list[float]] = Field(description="L2-normalised embedding per embedded track")
 
 

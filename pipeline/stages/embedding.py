@@ -13,13 +13,8 @@ from resemblyzer import VoiceEncoder
 from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
 
 from pipeline.config import EmbeddingConfig
+from pipeline.stages.device import pick_device
 from topics.messages import SpeechStep, StepEmbedding
-
-
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class ResemblyzerEmbedder:
@@ -29,9 +24,7 @@ class ResemblyzerEmbedder:
 
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
-        self.device = pick_device(config.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)
+        self.device = pick_device(config.device, config.cpu_threads)
         self.encoder = VoiceEncoder(device=self.device, verbose=False)
         self.encoder.eval()
 

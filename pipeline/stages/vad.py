@@ -10,8 +10,6 @@ to the speech run the step mostly falls in.
 from __future__ import annotations
 
 import importlib.util
-import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import onnxruntime
 
 from pipeline.config import VadConfig
+from pipeline.stages.audio_session import AudioSessionState, true_runs
 from topics.messages import SAMPLE_RATE, AudioChunk, SpeechStep
 
 # Silero v5+ keeps this many samples of the previous frame as left context.
@@ -57,12 +56,9 @@ class SileroVad:
 
 
 @dataclass
-class VadSessionState:
+class VadSessionState(AudioSessionState):
     """Everything one session's VAD needs to resume on another worker."""
 
-    last_seq: int = -1
-    next_offset: int = 0  # stream position of the next sample expected from the producer
-    ingest_ms: int = 0
     speaking: bool = False
     pause_frames: int = 0  # consecutive frames below `release` while speaking
     next_step: int = 0
@@ -74,35 +70,8 @@ class VadSessionState:
     buffer_pcm: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
     buffer_voiced: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
-    _ARRAYS = ("rnn_state", "model_context", "unframed", "buffer_pcm", "buffer_voiced")
-    _SCALARS = ("last_seq", "next_offset", "ingest_ms", "speaking", "pause_frames", "next_step", "buffer_start")
-
-    def to_bytes(self) -> bytes:
-        # A JSON header then raw arrays: compact enough to write to the changelog on every chunk.
-        arrays = [np.ascontiguousarray(getattr(self, name)) for name in self._ARRAYS]
-        header = {name: getattr(self, name) for name in self._SCALARS}
-        header["arrays"] = [[a.dtype.str, list(a.shape)] for a in arrays]
-        encoded = json.dumps(header).encode()
-        return struct.pack(">I", len(encoded)) + encoded + b"".join(a.tobytes() for a in arrays)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> VadSessionState:
-        (length,) = struct.unpack_from(">I", data)
-        header = json.loads(data[4 : 4 + length])
-        state = cls(**{name: header[name] for name in cls._SCALARS})
-        position = 4 + length
-        for name, (dtype, shape) in zip(cls._ARRAYS, header["arrays"]):
-            count = int(np.prod(shape))
-            array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=position).reshape(shape)
-            setattr(state, name, array.copy())
-            position += array.nbytes
-        return state
-
-
-def voiced_runs(voiced: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) index pairs of the True runs."""
-    edges = np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    ARRAYS = ("rnn_state", "model_context", "unframed", "buffer_pcm", "buffer_voiced")
+    SCALARS = (*AudioSessionState.SCALARS, "speaking", "pause_frames", "next_step", "buffer_start")
 
 
 class VadStage:
@@ -122,17 +91,9 @@ class VadStage:
 
     def push(self, state: VadSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SpeechStep]:
         """Feed one chunk; return the steps it completes. Replayed chunks are ignored."""
-        if chunk.seq <= state.last_seq:
+        pcm = state.accept(chunk, ingest_ms)
+        if pcm is None:
             return []
-        state.last_seq = chunk.seq
-        state.ingest_ms = max(state.ingest_ms, ingest_ms)
-        pcm = np.frombuffer(chunk.pcm, dtype="<i2")
-        if chunk.offset > state.next_offset:
-            # Audio the producer says it sent but never arrived: treat as silence to keep positions true.
-            pcm = np.concatenate([np.zeros(chunk.offset - state.next_offset, np.int16), pcm])
-        elif chunk.offset < state.next_offset:
-            pcm = pcm[state.next_offset - chunk.offset :]
-        state.next_offset += len(pcm)
         self._label(state, np.concatenate([state.unframed, pcm]))
         return self._emit(state, session_id=chunk.session_id, final=False)
 
@@ -215,7 +176,7 @@ class VadStage:
             end=end,
             voiced=voiced_in_step,
             ingest_ms=state.ingest_ms,
-            speech=[(start + a, start + b) for a, b in voiced_runs(voiced)],
+            speech=[(start + a, start + b) for a, b in true_runs(voiced)],
             pcm=window.astype("<i2").tobytes(),
         )
 
