@@ -71,7 +71,7 @@ class SegmentationConfig:
     active_threshold: float = 0.5
     # The model may keep two similar voices in one slot across a pause; a dip of the slot's
     # activity below this cuts it into separate runs (local speakers), each embedded on its own.
-    split_below: float = 0.7
+    split_below: float = 0.9
     # Two consecutive windows' slots are the same voice (one track) when their activity on the
     # shared frames agrees at least this much (shared activity / larger activity).
     stitch_agreement: float = 0.5
@@ -96,9 +96,10 @@ class TrackEmbeddingConfig:
     gamma: float = 3.0
     beta: float = 10.0
     # The encoder sees only the part of the window where the requested tracks talk, padded by this
-    # much each side and never less than `min_crop_s`: fewer frames, less compute.
-    crop_margin_s: float = 0.5
-    min_crop_s: float = 2.0
+    # much each side and never less than `min_crop_s`: CAM++'s context layers average over every
+    # frame they see, so other voices in the crop blur a short track's embedding (and cost compute).
+    crop_margin_s: float = 0.15
+    min_crop_s: float = 1.0
     max_batch: int = 16
     max_wait_s: float = 0.05
     device: str | None = None
@@ -110,7 +111,9 @@ class OverlapClusteringConfig:
     """Accurate profile, cluster stage: tracks to global speakers, windows to labels."""
 
     # Cosine distance to the nearest speaker past which a track opens a new speaker.
-    new_speaker_distance: float = 0.4
+    new_speaker_distance: float = 0.45
+    # Two speakers whose centroids come closer than this are one (None: never merge).
+    merge_distance: float | None = 0.35
     # Only tracks with this much activity in the window move a centroid.
     update_min_activity_s: float = 1.0
     # Labels trail the newest audio by this much; more latency, more windows agree on each frame.

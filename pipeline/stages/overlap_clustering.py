@@ -85,6 +85,7 @@ class OverlapClusteringSessionState(BaseModel):
     centroid_sums: list[list[float]] = []
     speaker_of_track: dict[int, int] = {}
     provisional: dict[int, int] = {}  # tracks not embedded yet, labelled as the track they follow
+    merged_into: dict[int, int] = {}  # speakers retired into an older one
     embedded: list[Embedded] = []
     # Pairs of `embedded` indices heard in one window: never one speaker.
     cannot_link: set[tuple[int, int]] = set()
@@ -156,6 +157,7 @@ class OverlapClusteringStage:
             state.cannot_link |= {(item[a], item[b]) for a, b in together if a in item and b in item}
             for group in _groups(fresh, together):
                 self._assign(state, group, [embeddings[t] for t in group], together, speech_s)
+            self._merge_twins(state)
         for track, before in zip(window.tracks, window.follows):
             # Until its own embedding says otherwise, a run the model heard as the voice before the pause is that voice.
             if track not in state.speaker_of_track and before in state.speaker_of_track:
@@ -171,6 +173,29 @@ class OverlapClusteringStage:
         if track < 0:
             return None
         return state.speaker_of_track.get(track, state.provisional.get(track))
+
+    def _merge_twins(self, state: OverlapClusteringSessionState) -> None:
+        """A speaker whose centroid has come this close to an older one was that speaker all along.
+
+        A new speaker opened on mixed or noisy evidence drifts towards the voice it really
+        is; from then on its tracks carry the older id (the talk time already counted stays
+        where it was reported; the report re-clusters everything anyway).
+        """
+        if self.config.merge_distance is None or len(state.centroid_sums) < 2:
+            return
+        centroids = np.asarray(state.centroid_sums)
+        distances = cosine_distances(centroids, centroids)
+        np.fill_diagonal(distances, np.inf)
+        for speaker in range(len(centroids) - 1, 0, -1):
+            older = int(np.argmin(distances[speaker, :speaker]))
+            if distances[speaker, older] < self.config.merge_distance and speaker not in state.merged_into:
+                state.merged_into[speaker] = older
+                state.centroid_sums[older] = (centroids[older] + centroids[speaker]).tolist()
+                for track, owner in state.speaker_of_track.items():
+                    if owner == speaker:
+                        state.speaker_of_track[track] = older
+                for window in state.windows:
+                    window.speakers = [older if s == speaker else s for s in window.speakers]
 
     def _assign(
         self,
@@ -189,12 +214,12 @@ class OverlapClusteringStage:
             for other in ((b,) if a == track else (a,) if b == track else ())
             if other not in fresh and other in state.speaker_of_track
         }
-        columns = [s for s in range(len(state.centroid_sums)) if s not in held]
+        columns = [s for s in range(len(state.centroid_sums)) if s not in held and s not in state.merged_into]
         centroids = np.asarray([state.centroid_sums[s] for s in columns]).reshape(len(columns), len(vectors[0]))
         choice = assign(
             cosine_distances(np.asarray(vectors), centroids),
             [speech_s[t] >= self.config.update_min_activity_s for t in fresh],
-            state.speaker_limit - len(state.centroid_sums),
+            state.speaker_limit - len(state.centroid_sums) + len(state.merged_into),
             self.config.new_speaker_distance,
         )
         for track, vector, picked in zip(fresh, vectors, choice):
