@@ -77,7 +77,7 @@ class SegmentationConfig:
     stitch_agreement: float = 0.5
     # A track is embedded once it has this much activity in a window, again each time its activity
     # in the window has grown by `embed_growth`x, and at least every `embed_refresh_s` while it talks.
-    min_embed_activity_s: float = 0.6
+    min_embed_activity_s: float = 0.3
     embed_growth: float = 1.8
     embed_refresh_s: float = 2.0
     device: str | None = None  # None: CUDA when present, else CPU
