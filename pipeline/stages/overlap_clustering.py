@@ -153,7 +153,11 @@ class OverlapClusteringStage:
         if fresh:
             centre = (window.start_s + window.end_s) / 2
             item = {t: len(state.embedded) + i for i, t in enumerate(fresh)}
-            state.embedded += [Embedded(track=t, time_s=centre, speech_s=speech_s[t], vector=embeddings[t]) for t in fresh]
+            # Four decimals keep cosine distances to 1e-4 and the changelog record a third the size.
+            state.embedded += [
+                Embedded(track=t, time_s=centre, speech_s=round(speech_s[t], 3), vector=[round(x, 4) for x in embeddings[t]])
+                for t in fresh
+            ]
             state.cannot_link |= {(item[a], item[b]) for a, b in together if a in item and b in item}
             for group in _groups(fresh, together):
                 self._assign(state, group, [embeddings[t] for t in group], together, speech_s)
@@ -191,9 +195,10 @@ class OverlapClusteringStage:
             if distances[speaker, older] < self.config.merge_distance and speaker not in state.merged_into:
                 state.merged_into[speaker] = older
                 state.centroid_sums[older] = (centroids[older] + centroids[speaker]).tolist()
-                for track, owner in state.speaker_of_track.items():
-                    if owner == speaker:
-                        state.speaker_of_track[track] = older
+                for labels in (state.speaker_of_track, state.provisional):
+                    for track, owner in labels.items():
+                        if owner == speaker:
+                            labels[track] = older
                 for window in state.windows:
                     window.speakers = [older if s == speaker else s for s in window.speakers]
 
