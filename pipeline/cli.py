@@ -151,7 +151,9 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         profile = with_latency(load_profile(args.profile), args.latency)
-        summary = evaluate(args.dir, profile, collar=args.collar, use_report=args.report, rttm_out=args.rttm_out)
+        summary = evaluate(
+            args.dir, profile, collar=args.collar, use_report=args.report, rttm_out=args.rttm_out, exclude=tuple(args.exclude)
+        )
     except EvaluationError as exc:
         raise SystemExit(f"speakerflow eval: {exc}") from None
     print(format_summary(summary))
@@ -260,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--report", action="store_true", help="score the final re-clustered report instead of the live labels")
     evaluation.add_argument("--rttm-out", type=Path, help="write one hypothesis RTTM per recording here")
     evaluation.add_argument("--json", type=Path, help="write the scores as JSON here")
+    evaluation.add_argument("--exclude", action="append", default=[], metavar="URI", help="leave this recording out (repeatable)")
     evaluation.set_defaults(run=_eval)
 
     export = commands.add_parser(

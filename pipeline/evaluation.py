@@ -36,8 +36,8 @@ class Recording:
     uem: Path | None
 
 
-def find_recordings(root: Path) -> list[Recording]:
-    """Audio files under `root` that have an RTTM of the same stem somewhere under `root`."""
+def find_recordings(root: Path, exclude: tuple[str, ...] = ()) -> list[Recording]:
+    """Audio files under `root` that have an RTTM of the same stem somewhere under `root`, but for `exclude`."""
     if not root.is_dir():
         raise EvaluationError(f"{root} is not a directory")
     by_stem: dict[str, dict[str, Path]] = {}
@@ -49,7 +49,7 @@ def find_recordings(root: Path) -> list[Recording]:
     recordings = [
         Recording(uri=stem, audio=files["audio"], rttm=files["rttm"], uem=files.get("uem"))
         for stem, files in sorted(by_stem.items())
-        if "audio" in files and "rttm" in files
+        if "audio" in files and "rttm" in files and stem not in exclude
     ]
     if not recordings:
         raise EvaluationError(f"no recording under {root} has an RTTM of the same name")
@@ -111,11 +111,12 @@ def write_rttm(path: Path, hypothesis) -> None:
             out.write(f"SPEAKER {hypothesis.uri} 1 {segment.start:.3f} {segment.duration:.3f} <NA> <NA> {label} <NA> <NA>\n")
 
 
-def _components(der_components: dict, jer: float) -> dict[str, float]:
+def _components(der_components: dict, jer: float, der_no_collar: float) -> dict[str, float]:
     total = der_components["total"] or 1.0
     missed, false_alarm, confusion = (der_components[k] for k in ("missed detection", "false alarm", "confusion"))
     return {
         "der": (missed + false_alarm + confusion) / total,
+        "der_no_collar": der_no_collar,
         "jer": jer,
         "missed": missed / total,
         "false_alarm": false_alarm / total,
@@ -131,14 +132,16 @@ def evaluate(
     use_report: bool = False,
     rttm_out: Path | None = None,
     progress: bool = True,
+    exclude: tuple[str, ...] = (),
 ) -> dict:
     """Score every labelled recording under `root`; returns the JSON-ready summary."""
     from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
     from tqdm import tqdm
 
-    recordings = find_recordings(root)
+    recordings = find_recordings(root, exclude)
     chain = InProcessChain(profile)
     der_metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
+    exact_metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)  # the collar-free figure, always reported
     jer_metric = JaccardErrorRate(collar=collar, skip_overlap=False)
     if rttm_out is not None:
         rttm_out.mkdir(parents=True, exist_ok=True)
@@ -159,12 +162,17 @@ def evaluate(
         uem = read_uem(recording.uem, duration_s)
         components = der_metric(reference, hypothesis, uem=uem, detailed=True)
         jer = jer_metric(reference, hypothesis, uem=uem)
-        files[recording.uri] = _components(components, jer) | {
+        exact = exact_metric(reference, hypothesis, uem=uem)
+        files[recording.uri] = _components(components, jer, exact) | {
             "speakers": len(reference.labels()),
             "speakers_found": len(hypothesis.labels()),
         }
         bar.set_postfix(der=f"{100 * abs(der_metric):.1f}%")
-    pooled = _components({k: der_metric.accumulated_[k] for k in ("total", "missed detection", "false alarm", "confusion")}, abs(jer_metric))
+    pooled = _components(
+        {k: der_metric.accumulated_[k] for k in ("total", "missed detection", "false alarm", "confusion")},
+        abs(jer_metric),
+        abs(exact_metric),
+    )
     return {
         "pooled": pooled,
         "files": files,
@@ -177,18 +185,19 @@ def evaluate(
 
 
 def format_summary(summary: dict) -> str:
-    header = f"{'file':<12} {'DER':>7} {'JER':>7} {'missed':>7} {'FA':>7} {'conf':>7}  speakers"
+    header = f"{'file':<12} {'DER':>7} {'JER':>7} {'missed':>7} {'FA':>7} {'conf':>7} {'DER@0':>7}  speakers"
     lines = [
         f"profile {summary['profile']}, {summary['labels']} labels, latency {summary['latency']:g} s, collar {summary['collar']:g} s",
         header,
     ]
 
     def row(name: str, r: dict, speakers: str = "") -> str:
-        cells = [100 * r[k] for k in ("der", "jer", "missed", "false_alarm", "confusion")]
+        cells = [100 * r[k] for k in ("der", "jer", "missed", "false_alarm", "confusion", "der_no_collar")]
         return f"{name:<12} " + " ".join(f"{c:6.2f}%" for c in cells) + f"  {speakers}"
 
     for uri, r in summary["files"].items():
         lines.append(row(uri, r, f"{r['speakers_found']}/{r['speakers']}"))
     lines.append(row("pooled", summary["pooled"]))
+    lines.append("DER@0: the same labels scored with no collar")
     lines.append(f"compute: {summary['compute_per_audio_s']:.3f} s per second of audio (CPU time, this process)")
     return "\n".join(lines)

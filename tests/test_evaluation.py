@@ -31,6 +31,11 @@ def test_recordings_pair_with_rttms_of_the_same_name_anywhere(corpus):
     assert recording.uem is None
 
 
+def test_excluded_recordings_are_left_out(corpus):
+    with pytest.raises(EvaluationError):
+        find_recordings(corpus, exclude=("talk",))
+
+
 def test_a_folder_without_labelled_audio_is_refused(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(EvaluationError, match="RTTM"):
@@ -51,8 +56,9 @@ def test_harness_scores_a_synthesized_conversation(corpus, tmp_path, profile, us
     summary = evaluate(corpus, load_profile(profile), use_report=use_report, rttm_out=tmp_path, progress=False)
     talk = summary["files"]["talk"]
     assert summary["labels"] == ("report" if use_report else "live")
-    for key in ("der", "jer", "missed", "false_alarm", "confusion"):
+    for key in ("der", "der_no_collar", "jer", "missed", "false_alarm", "confusion"):
         assert 0.0 <= summary["pooled"][key] <= 1.0
+    assert talk["der_no_collar"] >= talk["der"]  # the collar only forgives
     assert talk["der"] == pytest.approx(talk["missed"] + talk["false_alarm"] + talk["confusion"])
     # Two clear synthetic voices: both found, and most speech labelled right.
     assert talk["speakers_found"] == 2
