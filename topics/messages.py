@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -251,21 +251,7 @@ BusMessage = Union[
     SpeakerTurn,
     SessionReport,
 ]
-MESSAGE_TYPES: dict[str, type[_Message]] = {
-    cls.TYPE: cls
-    for cls in (
-        AudioChunk,
-        SessionStart,
-        SessionStop,
-        SpeechStep,
-        SegmentedWindow,
-        StepEmbedding,
-        WindowEmbeddings,
-        SpeakerUpdate,
-        SpeakerTurn,
-        SessionReport,
-    )
-}
+MESSAGE_TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in get_args(BusMessage)}
 
 Headers = list[tuple[str, bytes]]
 
