@@ -210,8 +210,8 @@ class SegmentationStage:
     def _track(self, state: SegmentationSessionState, activity: np.ndarray) -> list[int]:
         followed = stitch(state.previous_activity, activity, self._shift, self.config.stitch_agreement)
         tracks = []
-        for slot in range(activity.shape[1]):
-            before = followed.get(slot)
+        for local in range(activity.shape[1]):
+            before = followed.get(local)
             if before is not None and state.previous_tracks[before] >= 0:
                 tracks.append(state.previous_tracks[before])
             else:
@@ -224,10 +224,8 @@ class SegmentationStage:
         config = self.config
         refresh_steps = config.embed_refresh_s / config.step_s
         wanted = []
-        for slot, track in enumerate(tracks):
-            if track < 0:
-                continue
-            speech_s = float(activity[:, slot].sum()) * self.model.frame_step_s
+        for local, track in enumerate(tracks):
+            speech_s = float(activity[:, local].sum()) * self.model.frame_step_s
             if speech_s < config.min_embed_activity_s:
                 continue
             last = state.last_embedding(track)
