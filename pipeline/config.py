@@ -118,9 +118,10 @@ class OverlapClusteringConfig:
     update_min_activity_s: float = 1.0
     # Labels trail the newest audio by this much; more latency, more windows agree on each frame.
     latency_s: float = 1.0
-    # Hysteresis on the aggregated activity.
-    onset: float = 0.5
-    offset: float = 0.4
+    # Hysteresis on the aggregated activity: speech starts at `onset`, ends below `offset`.
+    # Tuned on the dev set to one threshold; the two stay separate for noisier audio.
+    onset: float = 0.45
+    offset: float = 0.45
     # A turn survives pauses up to this long; a longer one closes it.
     max_turn_gap_s: float = 1.0
     # Final report: agglomerative clustering of the tracks' embeddings (average linkage, cosine).
