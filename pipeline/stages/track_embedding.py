@@ -111,12 +111,10 @@ class TrackEmbeddingStage:
         talking = np.flatnonzero(activity.max(axis=1) >= 0.5)
         if not len(talking):
             return 0.0, duration_s
-        margin = self.config.crop_margin_s
+        margin, shortest = self.config.crop_margin_s, min(self.config.min_crop_s, duration_s)
         lo, hi = times[talking[0]] - margin, times[talking[-1]] + margin
-        shortfall = self.config.min_crop_s - (hi - lo)
-        if shortfall > 0:
-            lo, hi = lo - shortfall / 2, hi + shortfall / 2
-        lo, hi = max(0.0, lo), min(duration_s, hi)
-        if hi - lo < self.config.min_crop_s:  # against an edge: grow inwards
-            lo, hi = (0.0, min(duration_s, self.config.min_crop_s)) if lo == 0.0 else (max(0.0, duration_s - self.config.min_crop_s), duration_s)
+        grow = max(0.0, shortest - (hi - lo)) / 2
+        lo, hi = max(0.0, lo - grow), min(duration_s, hi + grow)
+        if hi - lo < shortest:  # cut by an edge of the window: it reaches further inwards instead
+            lo, hi = (0.0, shortest) if lo == 0.0 else (duration_s - shortest, duration_s)
         return lo, hi
