@@ -115,7 +115,7 @@ class OverlapClusteringConfig:
     # Two speakers whose centroids come closer than this are one (None: never merge).
     merge_distance: float | None = 0.35
     # Only tracks with this much activity in the window move a centroid.
-    update_min_activity_s: float = 1.0
+    update_min_activity_s: float = 0.8
     # Labels trail the newest audio by this much; more latency, more windows agree on each frame.
     latency_s: float = 1.0
     # Hysteresis on the aggregated activity: speech starts at `onset`, ends below `offset`.
