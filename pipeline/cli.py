@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(overlapped speech scored).",
     )
     evaluation.add_argument("dir", type=Path, help="folder searched recursively for audio, RTTM and UEM files")
-    evaluation.add_argument("--profile", choices=["fast", "accurate"], default="accurate")
+    evaluation.add_argument("--profile", choices=["fast", "accurate"], default="accurate", help="stage chain to score (default accurate)")
     evaluation.add_argument("--latency", type=float, help="seconds labels trail the audio (accurate profile; default from the profile)")
     evaluation.add_argument("--collar", type=float, default=0.25, help="total forgiveness around reference boundaries (default 0.25 s)")
     evaluation.add_argument("--report", action="store_true", help="score the final re-clustered report instead of the live labels")
