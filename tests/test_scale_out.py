@@ -101,7 +101,6 @@ def test_two_workers_per_stateful_stage_share_the_partitions_and_every_report_is
     )
 
 
-@pytest.mark.failover
 @pytest.mark.parametrize("stage", ["cluster", "segment"])
 def test_a_worker_killed_mid_stream_hands_its_sessions_to_the_survivor(stack, recordings, baseline, stage):
     conversations_, audio = recordings

@@ -32,6 +32,9 @@ def build_app(stage: str, settings: Settings) -> faust.App:
         # How long a dead worker's partitions wait for a survivor: Faust's 60 s default stalls
         # every session on a SIGKILLed worker for a minute. Heartbeats stay at 3 s.
         broker_session_timeout=10.0,
+        # A survivor rebuilds a dead worker's sessions from the changelog itself rather than
+        # promoting a standby copy (faust-streaming#212: standby events can go unapplied).
+        table_standby_replicas=0,
     )
 
 
