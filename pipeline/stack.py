@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from pipeline.broker.runtime import KafkaBroker, stop_detached
+from pipeline.broker.runtime import KafkaBroker, pid_alive, stop_detached
 from pipeline.bus import ensure_topics
 from pipeline.metrics import STAGE_METRICS_PORTS
 from pipeline.settings import Settings
@@ -190,7 +190,7 @@ def stop_detached_stack(run_dir: Path) -> bool:
         for pid in pids:
             _terminate(pid)
         deadline = time.monotonic() + 20
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in pids:
             _kill(pid)
@@ -203,14 +203,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

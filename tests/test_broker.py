@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pipeline.broker.runtime import (
     KafkaBroker,
     assemble,
     detached_info,
+    pid_alive,
     stop_detached,
 )
 
@@ -76,14 +76,6 @@ def _pids_using(data_dir: Path) -> list[int]:
         except OSError:
             continue
     return pids
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- assembly
@@ -223,13 +215,13 @@ def test_transactions_hide_aborted_records(broker: KafkaBroker) -> None:
 def test_stop_kills_jvm_frees_port_and_removes_temp_dir() -> None:
     own = KafkaBroker().start()
     pid, port, data_dir = own.pid, own.port, own.data_dir
-    assert pid is not None and _pid_alive(pid)
+    assert pid is not None and pid_alive(pid)
     assert not _port_is_free(port)
     assert (own.log_path).read_text().strip(), "broker should log to its file"
 
     own.stop()
 
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert _pids_using(data_dir) == []
     assert _port_is_free(port)
     assert not data_dir.exists()
@@ -274,7 +266,7 @@ def test_detached_broker_survives_its_launcher(tmp_path: Path) -> None:
         stopped = stop_detached(data_dir)
 
     assert stopped is True
-    assert not _pid_alive(info.pid)
+    assert not pid_alive(info.pid)
     assert _port_is_free(info.port)
     assert detached_info(data_dir) is None
     assert stop_detached(data_dir) is False

@@ -20,6 +20,7 @@ from pipeline import metrics
 from pipeline.agents.app import build_app
 from pipeline.gateway import create_app
 from pipeline.metrics import StageMetrics, observe_output, resolve_metrics_port, serve_worker_metrics
+from pipeline.stack import free_port
 from pipeline.settings import Settings
 from topics import AudioChunk, ReportedSpeaker, SessionReport, SessionStart, SpeakerUpdate, StepEmbedding
 
@@ -44,12 +45,6 @@ CONTRACT = {
 
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chunk(samples: int) -> AudioChunk:

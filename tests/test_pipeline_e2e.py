@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import websockets
 from pipeline.producers.audio_file import float_to_pcm16
 from pipeline.producers.gateway_client import stream_session
 from pipeline.settings import Settings
-from pipeline.stack import Stack
+from pipeline.stack import Stack, free_port
 from pipeline.synthetic import TWO_SPEAKER_SCRIPT, script_for, synthesize
 from pipeline.talktime import Segment, compare
 from pipeline.demo import report_from_event
@@ -25,12 +24,6 @@ from pipeline.demo import report_from_event
 pytestmark = pytest.mark.integration
 
 TOLERANCE = 0.15
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -478,7 +478,7 @@ def stop_detached(data_dir: Path, grace: float = _STOP_GRACE_S) -> bool:
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
@@ -490,7 +490,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     # If we are the parent (detached in this very process), reap it so it does not linger as a zombie.
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -506,7 +506,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _is_our_broker(pid: int, data_dir: Path) -> bool:
     """Guard against a recycled pid: the process must be a kafka.Kafka JVM for this data_dir."""
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return False
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.parent.exists():  # no procfs (macOS): trust the live pid
