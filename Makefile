@@ -75,8 +75,14 @@ $(TOOLS)/docker-compose-$(COMPOSE_VERSION):
 	rm -rf $(TOOLS)/compose-build
 	ln -sfn docker-compose-$(COMPOSE_VERSION) $(TOOLS)/docker-compose
 
-test: setup tools
+# Lint and format are checked first: CI fails on either before it spends time on the suite.
+test: setup tools lint
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+.PHONY: lint
 
 # The README's accuracy table: DER on a labelled folder (default: the shared dev set, read in
 # place), without the recurring-reader pair the targets leave out (EXCLUDE=... to change).

@@ -6,13 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from pipeline.settings import Settings
-
-RUN_DIR = Path(os.environ.get("SPEAKERFLOW_RUN_DIR", ".run"))
+from pipeline.stages.base import STAGES
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,9 +36,9 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _kafka_jars(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.broker.runtime import KAFKA_VERSION, assemble
+    from pipeline.devstack.broker.runtime import KAFKA_VERSION, assemble
 
-    print(f"Kafka {KAFKA_VERSION} jars in {assemble()}")
+    print(f"Kafka {KAFKA_VERSION} jars in {assemble(settings.cache_dir)}")
     return 0
 
 
@@ -57,7 +55,7 @@ def _print_report(report_speakers: list[tuple[int, int]], reference: Path | None
     for speaker, ms in report_speakers:
         print(f"speaker {speaker}: {ms / 1000:.1f} s")
     if reference is not None:
-        from pipeline.talktime import compare, format_table, read_rttm
+        from pipeline.evaluation.talktime import compare, format_table, read_rttm
 
         print()
         print(format_table(compare(read_rttm(reference), report)))
@@ -87,40 +85,50 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.demo import LiveView, report_from_event
+    from pipeline.devstack.demo import LiveView, report_from_event
+    from pipeline.gateway.protocol import session_url
     from pipeline.producers.gateway_client import stream_session
 
     pcm = _load(args.file)
-    url = args.url or f"ws://{settings.gateway_host}:{settings.gateway_port}/ws/session"
+    url = args.url or session_url(settings.gateway_host, settings.gateway_port)
     event = asyncio.run(
-        stream_session(url, pcm, num_speakers=args.num_speakers, realtime=not args.fast, on_event=None if args.quiet else LiveView())
+        stream_session(
+            url,
+            pcm,
+            num_speakers=args.num_speakers,
+            realtime=not args.fast,
+            on_event=None if args.quiet else LiveView(),
+        )
     )
     print()
     if args.json:
         print(json.dumps(event, indent=2))
     else:
-        _print_report([(s["id"], s["totalTimeMs"]) for s in event["speakers"]], args.reference, report_from_event("stream", event))
+        _print_report(
+            [(s["id"], s["totalTimeMs"]) for s in event["speakers"]], args.reference, report_from_event("stream", event)
+        )
     return 0
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.stack import Stack
+    from pipeline.devstack.stack import Stack
 
-    stack = Stack(RUN_DIR.resolve(), settings, broker_port=args.kafka_port, fixed_metrics_ports=True).start(detach=True)
-    print(f"speakerflow is up: Kafka {stack.settings.kafka}, gateway {stack.gateway_url} (logs in {RUN_DIR / 'logs'})")
+    run_dir = settings.run_dir
+    stack = Stack(run_dir.resolve(), settings, broker_port=args.kafka_port, fixed_metrics_ports=True).start(detach=True)
+    print(f"speakerflow is up: Kafka {stack.settings.kafka}, gateway {stack.gateway_url} (logs in {run_dir / 'logs'})")
     print("metrics: " + ", ".join(f"{name} {stack.metrics_url(name)}" for name in [*stack.metrics_ports, "gateway"]))
     return 0
 
 
 def _down(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.stack import stop_detached_stack
+    from pipeline.devstack.stack import stop_detached_stack
 
-    print("stopped" if stop_detached_stack(RUN_DIR.resolve()) else "nothing was running")
+    print("stopped" if stop_detached_stack(settings.run_dir.resolve()) else "nothing was running")
     return 0
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.devstack.demo import run_demo
 
     return run_demo(speakers=args.speakers, settings=settings)
 
@@ -128,18 +136,18 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
     if args.stages:
         from pipeline.config import load_profile
-        from pipeline.stage_benchmark import run_stage_benchmark
+        from pipeline.evaluation.stage_benchmark import run_stage_benchmark
 
         print(run_stage_benchmark(_load(args.file), load_profile(args.profile or settings.profile)))
         return 0
-    from pipeline.benchmark import run_benchmark
+    from pipeline.devstack.stack_benchmark import run_benchmark
 
     print(run_benchmark(_load(args.file), args.sessions, args.num_speakers, settings))
     return 0
 
 
 def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.scaleout import run_scale_out
+    from pipeline.devstack.scaleout import run_scale_out
 
     print(run_scale_out(args.sessions, args.workers, args.embed_workers, args.kill, settings))
     return 0
@@ -147,12 +155,17 @@ def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.config import load_profile
-    from pipeline.evaluation import EvaluationError, evaluate, format_summary, with_latency
+    from pipeline.evaluation.der import EvaluationError, evaluate, format_summary, with_latency
 
     try:
         profile = with_latency(load_profile(args.profile), args.latency)
         summary = evaluate(
-            args.dir, profile, collar=args.collar, use_report=args.report, rttm_out=args.rttm_out, exclude=tuple(args.exclude)
+            args.dir,
+            profile,
+            collar=args.collar,
+            use_report=args.report,
+            rttm_out=args.rttm_out,
+            exclude=tuple(args.exclude),
         )
     except EvaluationError as exc:
         raise SystemExit(f"speakerflow eval: {exc}") from None
@@ -163,9 +176,9 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.session_export import ReportNotFound, fetch_report, format_report
-
     from aiokafka.errors import KafkaConnectionError
+
+    from pipeline.export import ReportNotFound, fetch_report, format_report
 
     try:
         report = asyncio.run(fetch_report(settings.kafka, args.session))
@@ -191,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run one stage's Faust worker (segment, embed or cluster)")
-    worker.add_argument("stage", choices=["segment", "embed", "cluster"])
+    worker.add_argument("stage", choices=STAGES)
     worker.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=_worker)
 
@@ -233,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sessions", type=int, default=1)
     bench.add_argument("--num-speakers", type=int, help="speakers per session, if known (default: estimated)")
     bench.add_argument(
-        "--stages", action="store_true", help="instead: compute per audio second of each stage, one stream, one core, no broker"
+        "--stages",
+        action="store_true",
+        help="instead: compute per audio second of each stage, one stream, one core, no broker",
     )
-    bench.add_argument("--profile", choices=["fast", "accurate"], help="profile for --stages (default SPEAKERFLOW_PROFILE)")
+    bench.add_argument(
+        "--profile", choices=["fast", "accurate"], help="profile for --stages (default SPEAKERFLOW_PROFILE)"
+    )
     bench.set_defaults(run=_benchmark)
 
     scale = commands.add_parser(
@@ -245,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--sessions", type=int, default=8, help="live sessions at once (synthesized, 13-20 s each)")
     scale.add_argument("--workers", type=int, default=2, help="workers of segment and of cluster")
     scale.add_argument("--embed-workers", type=int, default=1)
-    scale.add_argument("--kill", choices=["segment", "cluster"], help="then run again, SIGKILLing one worker of this stage")
+    scale.add_argument(
+        "--kill", choices=["segment", "cluster"], help="then run again, SIGKILLing one worker of this stage"
+    )
     scale.set_defaults(run=_scale_out)
 
     evaluation = commands.add_parser(
@@ -256,13 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(overlapped speech scored).",
     )
     evaluation.add_argument("dir", type=Path, help="folder searched recursively for audio, RTTM and UEM files")
-    evaluation.add_argument("--profile", choices=["fast", "accurate"], default="accurate", help="stage chain to score (default accurate)")
-    evaluation.add_argument("--latency", type=float, help="seconds labels trail the audio (accurate profile; default from the profile)")
-    evaluation.add_argument("--collar", type=float, default=0.25, help="total forgiveness around reference boundaries (default 0.25 s)")
-    evaluation.add_argument("--report", action="store_true", help="score the final re-clustered report instead of the live labels")
+    evaluation.add_argument(
+        "--profile", choices=["fast", "accurate"], default="accurate", help="stage chain to score (default accurate)"
+    )
+    evaluation.add_argument(
+        "--latency", type=float, help="seconds labels trail the audio (accurate profile; default from the profile)"
+    )
+    evaluation.add_argument(
+        "--collar", type=float, default=0.25, help="total forgiveness around reference boundaries (default 0.25 s)"
+    )
+    evaluation.add_argument(
+        "--report", action="store_true", help="score the final re-clustered report instead of the live labels"
+    )
     evaluation.add_argument("--rttm-out", type=Path, help="write one hypothesis RTTM per recording here")
     evaluation.add_argument("--json", type=Path, help="write the scores as JSON here")
-    evaluation.add_argument("--exclude", action="append", default=[], metavar="URI", help="leave this recording out (repeatable)")
+    evaluation.add_argument(
+        "--exclude", action="append", default=[], metavar="URI", help="leave this recording out (repeatable)"
+    )
     evaluation.set_defaults(run=_eval)
 
     export = commands.add_parser(
@@ -281,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     return args.run(args, Settings.from_env())
 
 

@@ -1,13 +1,11 @@
 """Every tunable threshold, grouped per stage, with one profile object per chain.
 
-A profile is a configuration choice, not a fork of the code: the worker reads
-`SPEAKERFLOW_PROFILE` (default ``fast``) and builds its stages from the profile's
-configs. Defaults are documented where they are declared.
+A profile is a configuration choice, not a fork of the code: a worker builds its
+stages from the configs of the profile its settings name (`Settings.profile`). Defaults are documented where they are declared.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from topics.messages import SAMPLE_RATE
@@ -152,8 +150,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {"fast": Profile(name="fast"), "accurate": Profile(name="accurate")}
 
 
-def load_profile(name: str | None = None) -> Profile:
-    name = name or os.environ.get("SPEAKERFLOW_PROFILE", "fast")
+def load_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:

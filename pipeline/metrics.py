@@ -66,7 +66,9 @@ CONSUMER_LAG = Gauge(
 ASSIGNED_PARTITIONS = Gauge(
     "speakerflow_assigned_partitions", "Input-topic partitions assigned to this worker", ["stage", "topic"]
 )
-MODEL_INFO = Gauge("speakerflow_model_info", "The model a stage runs, and where (value 1)", ["stage", "model", "device"])
+MODEL_INFO = Gauge(
+    "speakerflow_model_info", "The model a stage runs, and where (value 1)", ["stage", "model", "device"]
+)
 GATEWAY_CONNECTIONS = Gauge("speakerflow_gateway_connections", "Open WebSocket connections on the gateway")
 GATEWAY_SESSIONS = Counter("speakerflow_gateway_sessions_total", "Gateway sessions by how they ended", ["outcome"])
 
@@ -183,7 +185,9 @@ class _ConsumerGauges:
     async def _refresh(self) -> None:
         consumer = self.app.consumer
         inputs = self._input_topics()
-        owned = sorted((tp for tp in consumer.assignment() if tp.topic in inputs), key=lambda tp: (tp.topic, tp.partition))
+        owned = sorted(
+            (tp for tp in consumer.assignment() if tp.topic in inputs), key=lambda tp: (tp.topic, tp.partition)
+        )
         for topic in inputs:
             ASSIGNED_PARTITIONS.labels(self.stage, topic).set(sum(tp.topic == topic for tp in owned))
         self._count_sessions({tp.partition for tp in owned})

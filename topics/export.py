@@ -65,7 +65,9 @@ def rendered() -> dict[str, str]:
 def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
     expected = rendered()
     present = {p.name for p in directory.glob("*.json")} if directory.exists() else set()
-    differing = [n for n, text in expected.items() if not (directory / n).exists() or (directory / n).read_text() != text]
+    differing = [
+        n for n, text in expected.items() if not (directory / n).exists() or (directory / n).read_text() != text
+    ]
     return sorted(differing + sorted(present - expected.keys()))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Annotated, ClassVar, Literal, Union, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -158,14 +158,18 @@ class _WindowFields(BaseModel):
     follows: Annotated[list[int], HeaderJson] = Field(
         default=[], description="per local speaker: the track the model heard as the same voice before a pause, or -1"
     )
-    activity: Annotated[list[list[int]], HeaderJson] = Field(description="per local speaker, per frame: activity in percent")
+    activity: Annotated[list[list[int]], HeaderJson] = Field(
+        description="per local speaker, per frame: activity in percent"
+    )
 
 
 class SegmentedWindow(_AudioMessage, _WindowFields):
     """A segmented window; `pcm` carries its audio only when some track needs a new embedding."""
 
     TYPE: ClassVar[str] = "segment.window"
-    embed_tracks: Annotated[list[int], HeaderJson] = Field(default=[], description="tracks to embed from this window's audio")
+    embed_tracks: Annotated[list[int], HeaderJson] = Field(
+        default=[], description="tracks to embed from this window's audio"
+    )
 
 
 class WindowEmbeddings(_JsonMessage, _WindowFields):
@@ -185,7 +189,9 @@ class StepEmbedding(_JsonMessage):
     voiced: int = Field(ge=0)
     ingest_ms: int = Field(ge=0)
     embedding: list[float] | None = Field(description="L2-normalised speaker embedding of the step's window, if any")
-    speech: list[tuple[int, int]] = Field(default=[], description="voiced runs [start, end) inside the step, in samples")
+    speech: list[tuple[int, int]] = Field(
+        default=[], description="voiced runs [start, end) inside the step, in samples"
+    )
 
 
 # ---- results ----------------------------------------------------------------------------
@@ -205,7 +211,9 @@ class SpeakerUpdate(_JsonMessage):
     type: Literal["speaker.update"] = "speaker.update"
     position_ms: int = Field(ge=0, description="stream position this update describes")
     current_speaker: int | None = Field(description="dominant speaker at position_ms, null in silence")
-    active_speakers: list[int] = Field(default=[], description="every speaker talking at position_ms (several in overlap)")
+    active_speakers: list[int] = Field(
+        default=[], description="every speaker talking at position_ms (several in overlap)"
+    )
     spans: list[LabeledSpan] = Field(
         default=[], description="speech this update settles: who spoke when since the previous update"
     )
@@ -239,18 +247,18 @@ class SessionReport(_JsonMessage):
     turns: list[ReportedTurn]
 
 
-BusMessage = Union[
-    AudioChunk,
-    SessionStart,
-    SessionStop,
-    SpeechStep,
-    SegmentedWindow,
-    StepEmbedding,
-    WindowEmbeddings,
-    SpeakerUpdate,
-    SpeakerTurn,
-    SessionReport,
-]
+BusMessage = (
+    AudioChunk
+    | SessionStart
+    | SessionStop
+    | SpeechStep
+    | SegmentedWindow
+    | StepEmbedding
+    | WindowEmbeddings
+    | SpeakerUpdate
+    | SpeakerTurn
+    | SessionReport
+)
 MESSAGE_TYPES: dict[str, type[_Message]] = {cls.TYPE: cls for cls in get_args(BusMessage)}
 
 Headers = list[tuple[str, bytes]]
@@ -273,7 +281,9 @@ def _header_value(value: object) -> bytes:
     return str(value).encode()
 
 
-def decode(key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> BusMessage:
+def decode(
+    key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]]
+) -> BusMessage:
     """Parse one record; raise DecodeError naming what is wrong."""
     header_map = dict(headers.items() if isinstance(headers, Mapping) else headers)
     if not key:

@@ -12,6 +12,7 @@ from faust.types import EventT
 from pipeline.metrics import StageMetrics, observe_output
 from pipeline.settings import Settings
 from topics import BusMessage, DecodeError, TopicSpec, decode, encode
+from topics.registry import DEFAULT_PARTITIONS
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def build_app(stage: str, settings: Settings) -> faust.App:
         broker=f"kafka://{settings.kafka.replace(',', ';kafka://')}",
         # Tables live in memory and are rebuilt from their changelog topics when a worker takes a partition.
         store="memory://",
-        topic_partitions=8,
+        topic_partitions=DEFAULT_PARTITIONS,
         # Sessions started before the worker came up are still processed.
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
@@ -85,7 +86,9 @@ def decode_event(event: EventT, metrics: StageMetrics) -> BusMessage | None:
         return decode(event.key, event.value, event.headers or {})
     except DecodeError as exc:
         metrics.error("decode")
-        log.warning("skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc)
+        log.warning(
+            "skipping record at %s[%s]@%s: %s", event.message.topic, event.message.partition, event.message.offset, exc
+        )
         return None
 
 

@@ -9,8 +9,8 @@ import faust
 from pipeline.agents.app import bus_topic, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
-from pipeline.stages.clustering import ClusteringSessionState, ClusteringStage
-from pipeline.stages.overlap_clustering import OverlapClusteringSessionState, OverlapClusteringStage
+from pipeline.stages.accurate.overlap_clustering import OverlapClusteringSessionState, OverlapClusteringStage
+from pipeline.stages.fast.clustering import ClusteringSessionState, ClusteringStage
 from topics import (
     SESSION_REPORTS,
     SPEAKER_TURNS,
@@ -39,7 +39,11 @@ def register(app: faust.App, profile: Profile) -> None:
         stage: ClusteringStage | OverlapClusteringStage = OverlapClusteringStage(profile.overlap_clustering)
         load, work = OverlapClusteringSessionState.model_validate_json, WindowEmbeddings
     else:
-        stage, load, work = ClusteringStage(profile.clustering), ClusteringSessionState.model_validate_json, StepEmbedding
+        stage, load, work = (
+            ClusteringStage(profile.clustering),
+            ClusteringSessionState.model_validate_json,
+            StepEmbedding,
+        )
     metrics = StageMetrics("cluster")
 
     @app.agent(source)

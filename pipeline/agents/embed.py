@@ -13,8 +13,8 @@ import faust
 from pipeline.agents.app import bus_topic, decode_event, send
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
-from pipeline.stages.embedding import EmbeddingStage, ResemblyzerEmbedder
-from pipeline.stages.track_embedding import CamppEmbedder, TrackEmbeddingStage
+from pipeline.stages.accurate.track_embedding import CamppEmbedder, TrackEmbeddingStage
+from pipeline.stages.fast.embedding import EmbeddingStage, ResemblyzerEmbedder
 from topics import SPEECH_STEPS, STEP_EMBEDDINGS, SegmentedWindow, SpeechStep
 
 

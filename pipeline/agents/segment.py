@@ -12,8 +12,8 @@ import faust
 from pipeline.agents.app import bus_topic, ingest_ms, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
-from pipeline.stages.segmentation import SegmentationModel, SegmentationSessionState, SegmentationStage
-from pipeline.stages.vad import SileroVad, VadSessionState, VadStage
+from pipeline.stages.accurate.segmentation import SegmentationModel, SegmentationSessionState, SegmentationStage
+from pipeline.stages.fast.vad import SileroVad, VadSessionState, VadStage
 from topics import AUDIO, SPEECH_STEPS, AudioChunk, SessionStart, SessionStop
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def register(app: faust.App, profile: Profile) -> None:
                     await send(sink, message)
             elif state is None:
                 metrics.error("unknown_session")
-                log.warning("%s for unknown session %s (not started, or already stopped)", message.TYPE, message.session_id)
+                log.warning(
+                    "%s for unknown session %s (not started, or already stopped)", message.TYPE, message.session_id
+                )
             elif isinstance(message, AudioChunk):
                 steps = stage.push(state, message, ingest_ms(event))
                 sessions[key] = state.to_bytes()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def run_worker(stage: str, settings: Settings, loglevel: str = "warning") -> Non
     STAGES[stage](app, load_profile(settings.profile))
     asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)]))
     serve_worker_metrics(app, stage, settings.metrics_port)
-    ready_file = Path(os.environ["SPEAKERFLOW_READY_FILE"]) if os.environ.get("SPEAKERFLOW_READY_FILE") else None
+    ready_file = settings.ready_file
     if ready_file is not None:
         # A restarted container keeps its /tmp: a file left by the previous run must not claim readiness.
         ready_file.unlink(missing_ok=True)

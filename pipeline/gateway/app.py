@@ -36,6 +36,8 @@ from starlette.websockets import WebSocketDisconnected
 from pipeline.bus import ensure_topics, new_producer, publish
 from pipeline.gateway.fanout import ResultFanout, Subscription
 from pipeline.gateway.protocol import (
+    EVENTS_PATH,
+    SESSION_PATH,
     ErrorCode,
     GatewaySession,
     ProtocolError,
@@ -342,7 +344,7 @@ def create_app(settings: Settings) -> FastAPI:
         body = gateway.health()
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
-    @app.websocket("/ws/session")
+    @app.websocket(SESSION_PATH)
     async def session_socket(websocket: WebSocket) -> None:
         gateway: Gateway | None = websocket.app.state.gateway
         if gateway is None:
@@ -351,7 +353,7 @@ def create_app(settings: Settings) -> FastAPI:
         with GATEWAY_CONNECTIONS.track_inprogress():
             await _SessionSocket(gateway, websocket).run()
 
-    @app.websocket("/ws/sessions/{session_id}/events")
+    @app.websocket(EVENTS_PATH)
     async def subscriber_socket(websocket: WebSocket, session_id: str) -> None:
         gateway: Gateway | None = websocket.app.state.gateway
         if gateway is None:

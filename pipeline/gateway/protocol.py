@@ -27,14 +27,29 @@ from __future__ import annotations
 import json
 import uuid
 from enum import StrEnum
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from topics import AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
 from topics.messages import BYTES_PER_SAMPLE, SessionId
 
+# Where clients reach the gateway: one socket per producing client, one per watcher of a session.
+SESSION_PATH = "/ws/session"
+EVENTS_PATH = "/ws/sessions/{session_id}/events"
+
+
+def session_url(host: str, port: int) -> str:
+    return f"ws://{host}:{port}{SESSION_PATH}"
+
+
+def events_url(host: str, port: int, session_id: str) -> str:
+    return f"ws://{host}:{port}{EVENTS_PATH.format(session_id=session_id)}"
+
+
 __all__ = [
+    "EVENTS_PATH",
+    "SESSION_PATH",
     "ErrorCode",
     "ErrorEvent",
     "GatewaySession",
@@ -50,6 +65,8 @@ __all__ = [
     "TurnEvent",
     "parse_action",
     "result_event",
+    "session_url",
+    "events_url",
 ]
 
 
@@ -116,7 +133,7 @@ class StopAction(BaseModel):
     action: Literal["stop"]
 
 
-ClientAction = Union[StartAction, StopAction]
+ClientAction = StartAction | StopAction
 
 
 def parse_action(text: str) -> ClientAction:
@@ -198,8 +215,8 @@ class ErrorEvent(_Event):
     message: str
 
 
-ServerEvent = Union[StartedEvent, SpeakerEvent, TurnEvent, ReportEvent, ErrorEvent]
-ResultMessage = Union[SpeakerUpdate, SpeakerTurn, SessionReport]
+ServerEvent = StartedEvent | SpeakerEvent | TurnEvent | ReportEvent | ErrorEvent
+ResultMessage = SpeakerUpdate | SpeakerTurn | SessionReport
 
 
 def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEvent:

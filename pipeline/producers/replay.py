@@ -38,13 +38,17 @@ async def replay(
         bar = tqdm(total=round(len(pcm) / SAMPLE_RATE, 1), unit="s", desc=session_id[:12], disable=not progress)
         async for offset, chunk in paced_chunks(pcm, chunk_ms, realtime):
             seq += 1
-            message = AudioChunk(session_id=session_id, seq=seq, offset=offset, producer=producer_id, pcm=chunk.astype("<i2").tobytes())
+            message = AudioChunk(
+                session_id=session_id, seq=seq, offset=offset, producer=producer_id, pcm=chunk.astype("<i2").tobytes()
+            )
             # Chunks go out without waiting for each ack: the idempotent producer keeps them in order.
             key, value, headers = encode(message)
             await producer.send(AUDIO.name, value=value, key=key, headers=headers)
             bar.update(round(len(chunk) / SAMPLE_RATE, 3))
         bar.close()
-        await publish(producer, AUDIO, SessionStop(session_id=session_id, seq=seq + 1, offset=len(pcm), producer=producer_id))
+        await publish(
+            producer, AUDIO, SessionStop(session_id=session_id, seq=seq + 1, offset=len(pcm), producer=producer_id)
+        )
         if reports is None:
             return None
         return await asyncio.wait_for(_report_for(reports, session_id), wait_report_s)

@@ -1,0 +1,75 @@
+"""Compute per second of audio of each stage, one stream, one CPU core, no broker.
+
+The stages run in one process exactly as the workers run them (the profile's
+models, one torch thread), over a recording fed in 0.2 s chunks; each stage's
+CPU time is summed separately. This is the figure the speed targets are stated
+in: seconds of compute per second of audio for one stream on one core.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import Profile
+from pipeline.evaluation.chain import build_stages
+from topics.messages import SAMPLE_RATE, AudioChunk, SessionStart
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_stage_benchmark(pcm: np.ndarray, profile: Profile, chunk_samples: int = 3200) -> str:
+    segment, embed, cluster = build_stages(profile)
+    spent = {"segment": 0.0, "embed": 0.0, "cluster": 0.0}
+
+    def timed(stage: str, call, *args):
+        began = time.process_time()
+        result = call(*args)
+        spent[stage] += time.process_time() - began
+        return result
+
+    session = "benchmark"
+    segment_state = segment.new_state()
+    cluster_state = cluster.start(SessionStart(session_id=session))
+
+    def downstream(steps) -> None:
+        for embedded in timed("embed", embed.process, steps):
+            timed("cluster", cluster.push, cluster_state, embedded)
+
+    for seq, offset in enumerate(range(0, len(pcm), chunk_samples), start=1):
+        chunk = AudioChunk(
+            session_id=session,
+            seq=seq,
+            offset=offset,
+            producer="benchmark",
+            pcm=pcm[offset : offset + chunk_samples].astype("<i2").tobytes(),
+        )
+        downstream(timed("segment", segment.push, segment_state, chunk, 0))
+    downstream(timed("segment", segment.finish, segment_state, session))
+    timed("cluster", cluster.stop, cluster_state, session, len(pcm))
+
+    audio_s = len(pcm) / SAMPLE_RATE
+    lines = [
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.machine()}; torch threads {torch.get_num_threads()}, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}",
+        f"profile {profile.name}: one stream of {audio_s:.1f} s audio, stages in one process",
+        f"{'stage':<10}{'cpu s':>8}{'s per audio s':>16}",
+    ]
+    for stage, seconds in spent.items():
+        lines.append(f"{stage:<10}{seconds:>8.2f}{seconds / audio_s:>16.4f}")
+    total = sum(spent.values())
+    lines.append(f"{'total':<10}{total:>8.2f}{total / audio_s:>16.4f}")
+    return "\n".join(lines)

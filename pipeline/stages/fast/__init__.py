@@ -1,0 +1,1 @@
+"""The fast profile's stages: Silero VAD, Resemblyzer, incremental centroids; one speaker at a time."""

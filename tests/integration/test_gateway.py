@@ -1,0 +1,627 @@
+"""The WebSocket gateway: protocol rules without Kafka, then end to end against a real broker.
+
+In the broker tests the test itself plays the worker: it reads what the gateway
+published on the audio topic and publishes results onto the result topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from pipeline.bus import ensure_topics, new_producer, publish, tail_consumer
+from pipeline.gateway import create_app, server_config
+from pipeline.gateway.fanout import ResultFanout, Subscription
+from pipeline.gateway.protocol import (
+    ErrorCode,
+    GatewaySession,
+    ProtocolError,
+    StartAction,
+    StopAction,
+    parse_action,
+    result_event,
+)
+from pipeline.settings import Settings
+from topics import (
+    AUDIO,
+    SESSION_REPORTS,
+    SPEAKER_TURNS,
+    SPEAKER_UPDATES,
+    AudioChunk,
+    BusMessage,
+    ReportedSpeaker,
+    SessionReport,
+    SessionStart,
+    SessionStop,
+    SpeakerTurn,
+    SpeakerUpdate,
+    decode,
+)
+from topics.messages import ReportedTurn
+
+
+def pcm(samples: int, seed: int = 0) -> bytes:
+    return bytes((seed + i) % 256 for i in range(2 * samples))
+
+
+def start(**fields: object) -> StartAction:
+    action = parse_action(json.dumps({"action": "start", **fields}))
+    assert isinstance(action, StartAction)
+    return action
+
+
+def error_code(call) -> ErrorCode:
+    with pytest.raises(ProtocolError) as caught:
+        call()
+    return caught.value.code
+
+
+# ---- protocol rules, no Kafka ---------------------------------------------------------------
+
+
+def test_session_numbers_records_and_counts_samples():
+    state = GatewaySession("gw-test", max_frame_bytes=4096)
+    opening = state.start(start(num_speakers=3, session_id="room-1"))
+    assert (opening.session_id, opening.seq, opening.num_speakers, opening.producer) == ("room-1", 0, 3, "gw-test")
+    assert not state.active  # nothing counts until the record is published
+    state.commit(opening)
+
+    first = state.audio(pcm(160))
+    state.commit(first)
+    second = state.audio(pcm(400))
+    state.commit(second)
+    stop = state.stop()
+    state.commit(stop)
+
+    assert [(first.seq, first.offset), (second.seq, second.offset)] == [(1, 0), (2, 160)]
+    assert (stop.seq, stop.offset) == (3, 560)
+    assert isinstance(stop, SessionStop)
+    assert error_code(lambda: state.audio(pcm(10))) == ErrorCode.NOT_STARTED  # stopped, awaiting report
+
+    state.end()
+    again = state.start(start())
+    state.commit(again)
+    assert (again.seq, again.num_speakers, state.audio(pcm(1)).offset) == (0, None, 0)  # count estimated unless given
+    assert len(again.session_id) == 32 and again.session_id != "room-1"
+
+
+def test_unpublished_record_changes_nothing():
+    state = GatewaySession("gw-test", max_frame_bytes=4096)
+    state.commit(state.start(start(session_id="s")))
+    lost = state.audio(pcm(100))  # e.g. the publish failed: not committed
+    kept = state.audio(pcm(50))
+    assert (kept.seq, kept.offset) == (lost.seq, lost.offset) == (1, 0)
+    state.commit(kept)
+    assert (state.audio(pcm(1)).seq, state.audio(pcm(1)).offset) == (2, 50)
+    with pytest.raises(RuntimeError):
+        state.commit(lost)  # a stale record cannot be committed out of order
+
+
+def test_frame_and_order_validation():
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    assert error_code(lambda: state.audio(pcm(10))) == ErrorCode.NOT_STARTED
+    assert error_code(state.stop) == ErrorCode.NOT_STARTED
+    state.commit(state.start(start(session_id="s")))
+    assert error_code(lambda: state.start(start())) == ErrorCode.ALREADY_STARTED
+    assert error_code(lambda: state.audio(b"\x00" * 11)) == ErrorCode.ODD_LENGTH_PCM
+    assert error_code(lambda: state.audio(b"\x00" * 1002)) == ErrorCode.FRAME_TOO_LARGE
+    assert state.audio(b"\x00" * 1000).offset == 0  # the limit itself is allowed; refusals moved nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("not json", ErrorCode.BAD_JSON),
+        ("[1, 2]", ErrorCode.BAD_JSON),
+        ('"start"', ErrorCode.BAD_JSON),
+        ("{}", ErrorCode.UNKNOWN_ACTION),
+        ('{"action": "pause"}', ErrorCode.UNKNOWN_ACTION),
+        ('{"action": "start", "num_speakers": "2"}', ErrorCode.INVALID_START),
+        ('{"action": "start", "numSpeakers": 2}', ErrorCode.INVALID_START),
+        ('{"action": "start", "session_id": "has space"}', ErrorCode.INVALID_START),
+    ],
+)
+def test_parse_action_refuses(text, code):
+    assert error_code(lambda: parse_action(text)) == code
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"num_speakers": 0}, {"num_speakers": 65}, {"num_speakers": 5, "max_speakers": 4}, {"max_speakers": 0}],
+)
+def test_start_out_of_bounds_is_invalid_start(fields):
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    assert error_code(lambda: state.start(start(**fields))) == ErrorCode.INVALID_START
+    assert not state.active
+
+
+def test_parse_action_accepts():
+    assert isinstance(parse_action('{"action": "stop"}'), StopAction)
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    unbounded = state.start(start(num_speakers=None, max_speakers=7))
+    assert (unbounded.num_speakers, unbounded.speaker_limit) == (None, 7)
+
+
+def test_result_events_have_the_protocol_shape():
+    update = SpeakerUpdate(
+        session_id="s",
+        position_ms=1700,
+        current_speaker=0,
+        active_speakers=[0, 1],
+        speaking_time_ms={1: 500, 0: 1200},
+        ingest_ms=1,
+    )
+    silence = update.model_copy(update={"current_speaker": None, "active_speakers": []})
+    turn = SpeakerTurn(session_id="s", speaker=1, start_ms=1200, end_ms=1700, final=True)
+    report = SessionReport(
+        session_id="s",
+        duration_ms=60000,
+        speakers=[ReportedSpeaker(id=0, total_time_ms=45000), ReportedSpeaker(id=1, total_time_ms=12000)],
+        turns=[ReportedTurn(speaker=0, start_ms=0, end_ms=45000)],
+    )
+    assert result_event(update).wire() == {
+        "event": "speaker",
+        "currentSpeakerId": 0,
+        "activeSpeakerIds": [0, 1],  # overlapped speech: both talk, 0 dominates
+        "speakingTimeMs": {"0": 1200, "1": 500},
+    }
+    assert json.loads(result_event(silence).to_json())["currentSpeakerId"] is None
+    assert result_event(turn).wire() == {"event": "turn", "speakerId": 1, "startMs": 1200, "endMs": 1700, "final": True}
+    assert result_event(report).wire() == {
+        "event": "report",
+        "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}],
+        "turns": [{"speakerId": 0, "startMs": 0, "endMs": 45000}],
+    }
+    assert ProtocolError(ErrorCode.BAD_JSON, "nope").event().wire() == {
+        "event": "error",
+        "code": "bad_json",
+        "message": "nope",
+    }
+
+
+def _update(session_id: str, position_ms: int) -> SpeakerUpdate:
+    return SpeakerUpdate(
+        session_id=session_id,
+        position_ms=position_ms,
+        current_speaker=0,
+        speaking_time_ms={0: position_ms},
+        ingest_ms=0,
+    )
+
+
+async def test_slow_subscriber_drops_oldest_updates_never_reports():
+    report = SessionReport(session_id="s", duration_ms=1, speakers=[], turns=[])
+    turn = SpeakerTurn(session_id="s", speaker=0, start_ms=0, end_ms=1, final=True)
+
+    queue = Subscription("s", maxsize=3)
+    for position in (1, 2, 3):
+        queue.put_nowait(_update("s", position))
+    queue.put_nowait(report)
+    queue.put_nowait(_update("s", 4))
+    assert [await queue.get() for _ in range(len(queue))] == [_update("s", 3), report, _update("s", 4)]
+    assert queue.dropped == 2
+
+    # With no update left to drop, turns go; reports stay even past the bound.
+    queue = Subscription("s", maxsize=3)
+    for message in (turn, report, report, _update("s", 5), report, report):
+        queue.put_nowait(message)
+    assert [await queue.get() for _ in range(len(queue))] == [report] * 4
+    assert queue.dropped == 2
+
+
+async def test_fanout_dispatches_by_session():
+    fanout = ResultFanout("127.0.0.1:1")  # never started: dispatch alone needs no broker
+    a1, a2, b = fanout.subscribe("a"), fanout.subscribe("a"), fanout.subscribe("b")
+    assert fanout.dispatch(_update("a", 1)) == 2
+    assert fanout.dispatch(_update("c", 1)) == 0
+    fanout.unsubscribe(a2)
+    assert fanout.dispatch(_update("a", 2)) == 1
+    assert [len(a1), len(a2), len(b)] == [2, 1, 0]
+    assert fanout.subscriber_count("a") == 1 and not fanout.running
+
+
+async def test_health_is_503_before_startup():
+    app = create_app(Settings(kafka="127.0.0.1:1"))
+    # ASGITransport does not run the lifespan: the app is up but has no producer or fan-out.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        response = await client.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] != "ok"
+
+
+# ---- against a real broker ------------------------------------------------------------------
+
+
+class RunningGateway:
+    """A gateway served by uvicorn on a free port, in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.server = uvicorn.Server(server_config(settings, create_app(settings), log_level="warning"))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RunningGateway:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway on {self.base} did not start")
+            time.sleep(0.02)
+        self.id = httpx.get(f"http://{self.base}/health").json()["gatewayId"]
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+        self._socket.close()
+
+    def session(self) -> connect:
+        return connect(f"ws://{self.base}/ws/session")
+
+    def events(self, session_id: str) -> connect:
+        return connect(f"ws://{self.base}/ws/sessions/{session_id}/events")
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> Iterator[str]:
+    from pipeline.devstack.broker import KafkaBroker
+
+    with KafkaBroker() as broker:
+        asyncio.run(ensure_topics(broker.bootstrap_servers))
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="module")
+def gateways(bootstrap: str) -> Iterator[tuple[RunningGateway, RunningGateway]]:
+    first = RunningGateway(Settings(kafka=bootstrap, report_timeout_s=2.0)).start()
+    # The second accepts frames beyond the producer's 1 MiB request limit, so a publish can really fail.
+    second = RunningGateway(Settings(kafka=bootstrap, report_timeout_s=2.0, max_frame_bytes=2 << 20)).start()
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+class AudioTap:
+    """Reads the audio topic from its end, keeping each session's decoded records."""
+
+    def __init__(self, consumer) -> None:
+        self.consumer = consumer
+        self.records: dict[str, list[BusMessage]] = defaultdict(list)
+
+    async def wait_for(self, session_id: str, count: int, timeout: float = 10.0) -> list[BusMessage]:
+        deadline = time.monotonic() + timeout
+        while len(self.records[session_id]) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"got {self.records[session_id]} for {session_id}, expected {count} records"
+            batches = await self.consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for records in batches.values():
+                for record in records:
+                    message = decode(record.key, record.value, record.headers)
+                    self.records[message.session_id].append(message)
+        return self.records[session_id]
+
+
+@contextlib.asynccontextmanager
+async def audio_tap(bootstrap: str) -> AsyncIterator[AudioTap]:
+    consumer = await tail_consumer(bootstrap, [AUDIO])
+    try:
+        yield AudioTap(consumer)
+    finally:
+        await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def worker(bootstrap: str) -> AsyncIterator:
+    producer = new_producer(bootstrap)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def receive(ws: ClientConnection, timeout: float = 5.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def expect_error(ws: ClientConnection, code: str) -> None:
+    event = await receive(ws)
+    assert event["event"] == "error" and event["code"] == code, event
+    assert event["message"]
+
+
+async def expect_nothing(ws: ClientConnection, seconds: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        got = await asyncio.wait_for(ws.recv(), seconds)
+        pytest.fail(f"unexpected message {got}")
+
+
+async def start_session(ws: ClientConnection, **fields: object) -> str:
+    await ws.send(json.dumps({"action": "start", **fields}))
+    started = await receive(ws)
+    assert started["event"] == "started", started
+    return started["sessionId"]
+
+
+def report_for(session_id: str, totals: dict[int, int]) -> SessionReport:
+    return SessionReport(
+        session_id=session_id,
+        duration_ms=sum(totals.values()),
+        speakers=[ReportedSpeaker(id=k, total_time_ms=v) for k, v in totals.items()],
+        turns=[],
+    )
+
+
+def assert_stream(records: list[BusMessage], session_id: str, frames: list[bytes], producer: str) -> None:
+    """start, the frames in order with consecutive seq and running offsets, stop."""
+    assert isinstance(records[0], SessionStart) and records[0].seq == 0
+    offset = 0
+    for seq, (record, frame) in enumerate(zip(records[1:-1], frames, strict=True), start=1):
+        assert isinstance(record, AudioChunk)
+        assert (record.seq, record.offset, record.pcm) == (seq, offset, frame)
+        offset += len(frame) // 2
+    stop = records[-1]
+    assert isinstance(stop, SessionStop) and (stop.seq, stop.offset) == (len(frames) + 1, offset)
+    assert all(r.session_id == session_id and r.producer == producer for r in records)
+
+
+@pytest.mark.integration
+async def test_health_ok(gateways):
+    first, _ = gateways
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://{first.base}/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert isinstance(body.pop("sessions"), int)
+    assert body == {"status": "ok", "gatewayId": first.id, "producer": True, "fanout": True}
+
+
+@pytest.mark.integration
+async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways):
+    gateway, _ = gateways
+    async with (
+        audio_tap(bootstrap) as audio,
+        worker(bootstrap) as bus,
+        gateway.session() as ws,
+        gateway.session() as neighbour,
+    ):
+        await ws.send("this is not json")
+        await expect_error(ws, "bad_json")
+        await ws.send("[1, 2, 3]")
+        await expect_error(ws, "bad_json")
+        await ws.send(json.dumps({"action": "dance"}))
+        await expect_error(ws, "unknown_action")
+        await ws.send(pcm(100))
+        await expect_error(ws, "not_started")
+        await ws.send(json.dumps({"action": "stop"}))
+        await expect_error(ws, "not_started")
+        await ws.send(json.dumps({"action": "start", "num_speakers": 0}))
+        await expect_error(ws, "invalid_start")
+
+        await ws.send(json.dumps({"action": "start", "num_speakers": 3, "session_id": "bad-input-1"}))
+        assert await receive(ws) == {"event": "started", "num_speakers": 3, "sessionId": "bad-input-1"}
+        other = await start_session(neighbour)
+        await ws.send(json.dumps({"action": "start"}))
+        await expect_error(ws, "already_started")
+        async with gateway.session() as intruder:
+            await intruder.send(json.dumps({"action": "start", "session_id": "bad-input-1"}))
+            await expect_error(intruder, "session_in_use")
+
+        frames = [pcm(320, seed=1), pcm(480, seed=2), pcm(160, seed=3)]
+        neighbour_frames = [pcm(200, seed=7), pcm(200, seed=8)]
+        await ws.send(frames[0])
+        await neighbour.send(neighbour_frames[0])
+        await ws.send(pcm(100) + b"\x01")
+        await expect_error(ws, "odd_length_pcm")
+        await ws.send(frames[1])
+        await ws.send(bytes(gateway.settings.max_frame_bytes + 2))
+        await expect_error(ws, "frame_too_large")
+        await neighbour.send(neighbour_frames[1])
+        await ws.send(json.dumps({"action": "what"}))
+        await expect_error(ws, "unknown_action")
+        await ws.send(frames[2])
+        await ws.send(json.dumps({"action": "stop"}))
+
+        records = await audio.wait_for("bad-input-1", len(frames) + 2)
+        assert_stream(records, "bad-input-1", frames, gateway.id)
+        assert records[0].num_speakers == 3
+        await publish(bus, SESSION_REPORTS, report_for("bad-input-1", {0: 300, 1: 200}))
+        assert await receive(ws) == {
+            "event": "report",
+            "speakers": [{"id": 0, "totalTimeMs": 300}, {"id": 1, "totalTimeMs": 200}],
+            "turns": [],
+        }
+
+        # The neighbour saw none of this and its stream is intact.
+        await expect_nothing(neighbour, 0.1)
+        await neighbour.send(json.dumps({"action": "stop"}))
+        assert_stream(await audio.wait_for(other, 4), other, neighbour_frames, gateway.id)
+        await publish(bus, SESSION_REPORTS, report_for(other, {0: 25}))
+        assert (await receive(neighbour))["speakers"] == [{"id": 0, "totalTimeMs": 25}]
+
+        # After its report the socket may run another session, numbered from zero again.
+        again = await start_session(ws)
+        assert again != "bad-input-1" and len(again) == 32
+        await ws.send(frames[0])
+        await ws.send(json.dumps({"action": "stop"}))
+        assert_stream(await audio.wait_for(again, 3), again, frames[:1], gateway.id)
+
+
+@pytest.mark.integration
+async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gateways):
+    first, second = gateways
+    update = SpeakerUpdate(
+        session_id="fan-s", position_ms=1700, current_speaker=0, speaking_time_ms={0: 1200, 1: 500}, ingest_ms=5
+    )
+    turn = SpeakerTurn(session_id="fan-s", speaker=0, start_ms=0, end_ms=1200, final=True)
+    speaker_event = {
+        "event": "speaker",
+        "currentSpeakerId": 0,
+        "activeSpeakerIds": [],
+        "speakingTimeMs": {"0": 1200, "1": 500},
+    }
+    turn_event = {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": True}
+    report_event = {
+        "event": "report",
+        "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}],
+        "turns": [{"speakerId": 0, "startMs": 0, "endMs": 1200}],
+    }
+
+    async with (
+        audio_tap(bootstrap) as audio,
+        worker(bootstrap) as bus,
+        first.session() as session_ws,
+        first.events("fan-s") as local_watcher,
+        second.events("fan-s") as remote_watcher,
+        second.session() as other_ws,
+    ):
+        await start_session(session_ws, session_id="fan-s")
+        await start_session(other_ws, session_id="fan-t")
+
+        # Records that break the contract are skipped by every fan-out, which keeps going.
+        await bus.send_and_wait(SPEAKER_UPDATES.name, key=b"fan-s", value=b"{not json", headers=[])
+        await publish(bus, SPEAKER_UPDATES, SessionStop(session_id="fan-s", seq=9, offset=0))
+        await publish(bus, SPEAKER_UPDATES, update)
+        await publish(bus, SPEAKER_TURNS, turn)
+
+        assert await receive(session_ws) == speaker_event
+        for watcher in (local_watcher, remote_watcher):
+            assert await receive(watcher) == speaker_event
+            assert await receive(watcher) == turn_event
+
+        # The second gateway has dispatched fan-s's results by now; its own session got none of them.
+        await publish(bus, SPEAKER_UPDATES, _update("fan-t", 900).model_copy(update={"current_speaker": None}))
+        assert await receive(other_ws) == {
+            "event": "speaker",
+            "currentSpeakerId": None,
+            "activeSpeakerIds": [],
+            "speakingTimeMs": {"0": 900},
+        }
+        await expect_nothing(other_ws)
+
+        await session_ws.send(json.dumps({"action": "stop"}))
+        assert isinstance((await audio.wait_for("fan-s", 2))[-1], SessionStop)
+        await publish(
+            bus,
+            SESSION_REPORTS,
+            SessionReport(
+                session_id="fan-s",
+                duration_ms=60000,
+                speakers=[ReportedSpeaker(id=0, total_time_ms=45000), ReportedSpeaker(id=1, total_time_ms=12000)],
+                turns=[ReportedTurn(speaker=0, start_ms=0, end_ms=1200)],
+            ),
+        )
+        # The session socket got no turn: the report is the next thing it sees.
+        assert await receive(session_ws) == report_event
+        for watcher in (local_watcher, remote_watcher):
+            assert await receive(watcher) == report_event
+        await expect_nothing(other_ws, 0.1)
+
+        other_health = httpx.get(f"http://{second.base}/health")
+        assert other_health.status_code == 200 and other_health.json()["sessions"] == 1
+
+
+@pytest.mark.integration
+async def test_disconnect_mid_session_publishes_stop(bootstrap, gateways):
+    gateway, _ = gateways
+    async with audio_tap(bootstrap) as audio:
+        async with gateway.session() as ws:
+            session_id = await start_session(ws)
+            await ws.send(pcm(240))
+        records = await audio.wait_for(session_id, 3)
+        assert_stream(records, session_id, [pcm(240)], gateway.id)
+
+
+@pytest.mark.integration
+async def test_report_timeout_is_an_error_and_the_socket_goes_on(bootstrap, gateways):
+    gateway, _ = gateways
+    async with audio_tap(bootstrap) as audio, gateway.session() as ws:
+        session_id = await start_session(ws, session_id="never-reported")
+        await ws.send(json.dumps({"action": "stop"}))
+        began = time.monotonic()
+        # While the report is pending the socket still answers.
+        await ws.send(pcm(10))
+        await expect_error(ws, "not_started")
+        await ws.send(json.dumps({"action": "start"}))
+        await expect_error(ws, "already_started")
+        await expect_error(ws, "report_timeout")
+        assert time.monotonic() - began >= gateway.settings.report_timeout_s - 0.5
+        await audio.wait_for(session_id, 2)
+        # The same id may be started again: the timed-out session no longer holds it.
+        assert await start_session(ws, session_id="never-reported") == "never-reported"
+        await ws.send(json.dumps({"action": "stop"}))
+        records = await audio.wait_for(session_id, 4)
+        assert [type(r) for r in records] == [SessionStart, SessionStop, SessionStart, SessionStop]
+        assert [r.seq for r in records] == [0, 1, 0, 1]
+
+
+@pytest.mark.integration
+async def test_leaving_while_the_report_is_pending_frees_the_session(bootstrap, gateways):
+    gateway, _ = gateways
+    async with audio_tap(bootstrap) as audio:
+        async with gateway.session() as ws:
+            await start_session(ws, session_id="left-early")
+            await ws.send(json.dumps({"action": "stop"}))
+            await audio.wait_for("left-early", 2)
+        # Freed at once, not when the report would have timed out.
+        async with gateway.session() as ws:
+            deadline = time.monotonic() + gateway.settings.report_timeout_s / 2
+            while True:
+                await ws.send(json.dumps({"action": "start", "session_id": "left-early"}))
+                event = await receive(ws)
+                if event["event"] == "started" or time.monotonic() > deadline:
+                    break
+                assert event["code"] == "session_in_use"
+                await asyncio.sleep(0.05)
+            assert event["event"] == "started", event
+        records = await audio.wait_for("left-early", 4)
+        assert [type(r) for r in records] == [SessionStart, SessionStop, SessionStart, SessionStop]
+
+
+@pytest.mark.integration
+async def test_failed_publish_is_bus_unavailable_and_changes_no_offsets(bootstrap, gateways):
+    _, gateway = gateways
+    async with audio_tap(bootstrap) as audio, gateway.session() as ws:
+        session_id = await start_session(ws)
+        frames = [pcm(1000, seed=1), pcm(500, seed=2)]
+        await ws.send(frames[0])
+        # Under the gateway's frame limit but over the producer's 1 MiB request limit.
+        await ws.send(bytes(1_200_000))
+        await expect_error(ws, "bus_unavailable")
+        await ws.send(frames[1])
+        await ws.send(json.dumps({"action": "stop"}))
+        assert_stream(await audio.wait_for(session_id, 4), session_id, frames, gateway.id)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://{gateway.base}/health")).status_code == 200
+
+
+@pytest.mark.integration
+async def test_subscriber_with_invalid_session_id_is_refused(gateways):
+    gateway, _ = gateways
+    async with gateway.events("bad%20id") as ws:
+        await expect_error(ws, "invalid_session_id")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1008

@@ -1,0 +1,77 @@
+"""The DER harness end to end: a synthesized conversation, its RTTM, both profiles, live and report labels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_profile
+from pipeline.devstack.synthetic import TWO_SPEAKER_SCRIPT, synthesize
+from pipeline.evaluation.der import EvaluationError, evaluate, find_recordings, with_latency
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    conversation = synthesize(TWO_SPEAKER_SCRIPT)
+    (root / "audio").mkdir()
+    (root / "labels").mkdir()
+    conversation.write_wav(root / "audio" / "talk.wav")
+    (root / "labels" / "talk.rttm").write_text(conversation.to_rttm("talk"))
+    (root / "audio" / "unlabelled.wav").write_bytes((root / "audio" / "talk.wav").read_bytes())
+    return root
+
+
+def test_recordings_pair_with_rttms_of_the_same_name_anywhere(corpus):
+    (recording,) = find_recordings(corpus)
+    assert recording.uri == "talk"
+    assert recording.rttm.parent.name == "labels"
+    assert recording.uem is None
+
+
+def test_excluded_recordings_are_left_out(corpus):
+    with pytest.raises(EvaluationError):
+        find_recordings(corpus, exclude=("talk",))
+
+
+def test_a_folder_without_labelled_audio_is_refused(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    with pytest.raises(EvaluationError, match="RTTM"):
+        find_recordings(tmp_path)
+
+
+def test_latency_is_bounded_by_step_and_window():
+    accurate = load_profile("accurate")
+    assert with_latency(accurate, 2.0).overlap_clustering.latency_s == 2.0
+    with pytest.raises(EvaluationError):
+        with_latency(accurate, 0.1)
+    with pytest.raises(EvaluationError, match="accurate"):
+        with_latency(load_profile("fast"), 1.0)
+
+
+@pytest.mark.parametrize("profile, use_report", [("fast", False), ("accurate", False), ("accurate", True)])
+def test_harness_scores_a_synthesized_conversation(corpus, tmp_path, profile, use_report):
+    summary = evaluate(corpus, load_profile(profile), use_report=use_report, rttm_out=tmp_path, progress=False)
+    talk = summary["files"]["talk"]
+    assert summary["labels"] == ("report" if use_report else "live")
+    for key in ("der", "der_no_collar", "jer", "missed", "false_alarm", "confusion"):
+        assert 0.0 <= summary["pooled"][key] <= 1.0
+    assert talk["der_no_collar"] >= talk["der"]  # the collar only forgives
+    assert talk["der"] == pytest.approx(talk["missed"] + talk["false_alarm"] + talk["confusion"])
+    # Two clear synthetic voices: both found, and most speech labelled right.
+    assert talk["speakers_found"] == 2
+    assert talk["der"] < 0.25
+    rttm = (tmp_path / "talk.rttm").read_text().splitlines()
+    assert rttm and all(line.startswith("SPEAKER talk 1 ") for line in rttm)
+
+
+def test_cli_writes_json_summary(corpus, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    assert main(["eval", str(corpus), "--profile", "fast", "--collar", "0", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert set(summary) >= {"pooled", "files", "profile", "latency", "collar"}
+    assert summary["collar"] == 0.0 and summary["profile"] == "fast"
+    assert set(summary["pooled"]) >= {"der", "jer", "missed", "false_alarm", "confusion"}
+    assert "pooled" in capsys.readouterr().out

@@ -1,0 +1,139 @@
+"""Cluster stage (accurate profile) on hand-made windows: identities, overlap, twins, latency, report, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.config import OverlapClusteringConfig
+from pipeline.stages.accurate.overlap_clustering import OverlapClusteringSessionState, OverlapClusteringStage
+from topics import SessionReport, SessionStart, SpeakerUpdate, WindowEmbeddings
+
+SESSION = "clu-1"
+RATE = 16_000
+WINDOW_S, STEP_S, FRAME_S = 5.0, 0.5, 0.05
+FRAMES = int(WINDOW_S / FRAME_S)
+
+
+def voice(index: int, noise: float = 0.0, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    vector = np.zeros(16)
+    vector[index] = 1.0
+    vector += noise * rng.normal(size=16)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def script_windows(talk: dict[int, list[tuple[float, float]]], duration_s: float, voices: dict[int, list[float]]):
+    """Windows every step over `duration_s`; track t talks in its intervals; each window embeds every track it hears."""
+    windows = []
+    for step in range(int(duration_s / STEP_S)):
+        end = (step + 1) * STEP_S
+        start = end - WINDOW_S
+        times = start + FRAME_S / 2 + FRAME_S * np.arange(FRAMES)
+        tracks, activity = [], []
+        for track, spans in talk.items():
+            on = np.zeros(FRAMES)
+            for a, b in spans:
+                on[(times >= a) & (times < b)] = 100
+            if on.any():
+                tracks.append(track)
+                activity.append(on.astype(int).tolist())
+        windows.append(
+            WindowEmbeddings(
+                session_id=SESSION,
+                step=step,
+                start=int(start * RATE),
+                end=int(end * RATE),
+                ingest_ms=0,
+                frame_offset_s=FRAME_S / 2,
+                frame_step_s=FRAME_S,
+                tracks=tracks,
+                activity=activity,
+                embeddings={t: voices[t] for t in tracks},
+            )
+        )
+    return windows
+
+
+def run(stage, windows, duration_s, num_speakers=None):
+    state = stage.start(SessionStart(session_id=SESSION, num_speakers=num_speakers))
+    outputs = [o for w in windows for o in stage.push(state, w)]
+    outputs += stage.stop(state, SESSION, int(duration_s * RATE))
+    updates = [o for o in outputs if isinstance(o, SpeakerUpdate)]
+    (report,) = [o for o in outputs if isinstance(o, SessionReport)]
+    return state, updates, report
+
+
+def speech_of(spans, speaker) -> float:
+    return sum(s.end_ms - s.start_ms for s in spans if s.speaker == speaker) / 1000
+
+
+CONFIG = OverlapClusteringConfig(latency_s=1.0)
+
+
+def test_two_voices_take_turns_and_overlap():
+    talk = {0: [(0.0, 4.0)], 1: [(3.0, 7.0)], 2: [(8.0, 11.0)]}  # track 2 is voice 0 again
+    voices = {0: voice(0), 1: voice(1), 2: voice(0, noise=0.1)}
+    _, updates, report = run(OverlapClusteringStage(CONFIG), script_windows(talk, 12.0, voices), 12.0)
+    spans = [s for u in updates for s in u.spans]
+    assert {s.speaker for s in spans} == {0, 1}
+    assert speech_of(spans, 0) == pytest.approx(7.0, abs=0.3)
+    assert speech_of(spans, 1) == pytest.approx(4.0, abs=0.3)
+    overlap = [u for u in updates if len(u.active_speakers) == 2]
+    assert overlap and all(3.0 <= u.position_ms / 1000 <= 4.2 for u in overlap)
+    assert {s.id: s.total_time_ms / 1000 for s in report.speakers} == pytest.approx({0: 7.0, 1: 4.0}, abs=0.3)
+
+
+def test_labels_trail_the_audio_by_the_latency():
+    talk = {0: [(0.0, 10.0)]}
+    for latency in (0.5, 2.0):
+        stage = OverlapClusteringStage(dataclasses.replace(CONFIG, latency_s=latency))
+        state = stage.start(SessionStart(session_id=SESSION))
+        checked = 0
+        for window in script_windows(talk, 10.0, {0: voice(0)}):
+            (update,) = [o for o in stage.push(state, window) if isinstance(o, SpeakerUpdate)] or [None]
+            if window.end / RATE > latency:  # from then on, every window settles one more region
+                assert update is not None and update.position_ms == round((window.end / RATE - latency) * 1000)
+                checked += 1
+        assert checked == round((10.0 - latency) / STEP_S)
+
+
+def test_a_twin_speaker_is_merged_back():
+    # Track 1 is voice 0 heard through noise: distant enough to open a speaker, then its
+    # centroid drifts back. With merging, later tracks of that voice keep the first id.
+    talk = {0: [(0.0, 4.0)], 1: [(5.0, 9.0)], 2: [(10.0, 14.0)]}
+    noisy = (np.asarray(voice(0)) + 0.9 * np.asarray(voice(5))).tolist()
+    voices = {0: voice(0), 1: (np.asarray(noisy) / np.linalg.norm(noisy)).tolist(), 2: voice(0)}
+    windows = script_windows(talk, 15.0, voices)
+    merging = OverlapClusteringStage(dataclasses.replace(CONFIG, new_speaker_distance=0.25, merge_distance=0.6))
+    state, updates, _ = run(merging, windows, 15.0)
+    assert state.merged_into == {1: 0}
+    late = [s for u in updates for s in u.spans if s.start_ms >= 10_500]
+    assert late and {s.speaker for s in late} == {0}
+
+
+def test_the_report_reclusters_and_honours_a_given_count():
+    talk = {0: [(0.0, 3.0)], 1: [(4.0, 7.0)], 2: [(8.0, 11.0)], 3: [(12.0, 15.0)]}
+    voices = {0: voice(0), 1: voice(1), 2: voice(2), 3: voice(0, noise=0.05)}
+    stage = OverlapClusteringStage(dataclasses.replace(CONFIG, merge_distance=None))
+    _, _, estimated = run(stage, script_windows(talk, 16.0, voices), 16.0)
+    assert len(estimated.speakers) == 3
+    _, _, forced = run(stage, script_windows(talk, 16.0, voices), 16.0, num_speakers=2)
+    assert len(forced.speakers) == 2
+    assert sum(s.total_time_ms for s in forced.speakers) == pytest.approx(12_000, abs=400)
+
+
+def test_state_survives_the_changelog_and_replays_change_nothing():
+    talk = {0: [(0.0, 4.0)], 1: [(3.5, 8.0)]}
+    windows = script_windows(talk, 9.0, {0: voice(0), 1: voice(1)})
+    stage = OverlapClusteringStage(CONFIG)
+    _, _, uninterrupted = run(stage, windows, 9.0)
+    state = stage.start(SessionStart(session_id=SESSION))
+    for window in windows[:10]:
+        stage.push(state, window)
+    restored = OverlapClusteringSessionState.model_validate_json(state.model_dump_json())
+    outputs = [o for w in windows[8:] for o in stage.push(restored, w)]  # two windows replayed
+    outputs += stage.stop(restored, SESSION, 9 * RATE)
+    assert [o for o in outputs if isinstance(o, SessionReport)] == [uninterrupted]

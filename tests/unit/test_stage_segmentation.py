@@ -1,0 +1,99 @@
+"""Segment stage (accurate profile): segmentation-3.0 windows, runs, tracks, embedding requests, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import SegmentationConfig
+from pipeline.devstack.synthetic import TWO_SPEAKER_SCRIPT, synthesize
+from pipeline.producers.audio_file import float_to_pcm16
+from pipeline.stages.accurate.segmentation import (
+    SegmentationModel,
+    SegmentationSessionState,
+    SegmentationStage,
+    split_runs,
+)
+from topics import AudioChunk
+
+CONFIG = SegmentationConfig()
+SESSION = "seg-1"
+CHUNK = 3200
+
+
+def test_a_slot_is_cut_into_runs_at_its_pauses():
+    slot = np.array([0.0, 0.9, 0.95, 0.6, 0.9, 0.9, 0.3, 0.1, 0.8, 0.8, 0.0])
+    activity = np.stack([slot, np.zeros_like(slot)], axis=1)
+    runs, slots = split_runs(activity, threshold=0.5, split_below=0.7)
+    assert slots == [0, 0, 0]  # the silent slot has no run
+    np.testing.assert_allclose(runs.sum(axis=1), slot)  # shared out, nothing lost or doubled
+    assert [int(np.flatnonzero(r)[0]) for r in runs.T] == [1, 3, 7]  # cut at the quietest frame of each dip
+
+
+@pytest.fixture(scope="module")
+def stage() -> SegmentationStage:
+    return SegmentationStage(CONFIG, SegmentationModel(CONFIG))
+
+
+@pytest.fixture(scope="module")
+def pcm() -> np.ndarray:
+    return float_to_pcm16(synthesize(TWO_SPEAKER_SCRIPT).audio)
+
+
+def chunks(pcm: np.ndarray) -> list[AudioChunk]:
+    return [
+        AudioChunk(
+            session_id=SESSION,
+            seq=seq,
+            offset=offset,
+            producer="test",
+            pcm=pcm[offset : offset + CHUNK].astype("<i2").tobytes(),
+        )
+        for seq, offset in enumerate(range(0, len(pcm), CHUNK), start=1)
+    ]
+
+
+def run(stage: SegmentationStage, state: SegmentationSessionState, pieces: list[AudioChunk], finish: bool = True):
+    windows = [w for chunk in pieces for w in stage.push(state, chunk, ingest_ms=0)]
+    return windows + (stage.finish(state, SESSION) if finish else [])
+
+
+def test_one_window_per_step_covering_the_whole_stream(stage, pcm):
+    windows = run(stage, stage.new_state(), chunks(pcm))
+    step = CONFIG.samples(CONFIG.step_s)
+    assert [w.step for w in windows] == list(range(len(windows)))
+    assert windows[-1].end >= len(pcm) > windows[-1].end - step
+    assert all(w.end - w.start == CONFIG.samples(CONFIG.window_s) for w in windows)
+    assert windows[0].start < 0  # the first windows reach back into zero padding
+
+
+def test_tracks_follow_voices_and_ask_for_embeddings_sparingly(stage, pcm):
+    windows = run(stage, stage.new_state(), chunks(pcm))
+    tracks = {t for w in windows for t in w.tracks}
+    assert 2 <= len(tracks) < len(windows)  # tracks persist across windows
+    asking = [w for w in windows if w.embed_tracks]
+    assert asking and len(asking) < len(windows)
+    for w in windows:
+        assert len(w.tracks) == len(w.activity) == len(w.follows)
+        assert set(w.embed_tracks) <= set(w.tracks)
+        # The audio travels only when an embedding needs it.
+        assert (w.num_samples > 0) == bool(w.embed_tracks)
+
+
+def test_state_restored_from_bytes_resumes_exactly(stage, pcm):
+    pieces = chunks(pcm)
+    uninterrupted = run(stage, stage.new_state(), pieces)
+    split = len(pieces) // 2
+    first = stage.new_state()
+    before = run(stage, first, pieces[:split], finish=False)
+    restored = SegmentationSessionState.from_bytes(first.to_bytes())
+    after = run(stage, restored, pieces[split - 2 :])  # two chunks replayed after the restart change nothing
+    assert before + after == uninterrupted
+
+
+def test_a_replayed_chunk_is_ignored(stage, pcm):
+    state = stage.new_state()
+    piece = chunks(pcm)[0]
+    stage.push(state, piece, ingest_ms=0)
+    assert stage.push(state, piece, ingest_ms=0) == []
+    assert state.next_offset == len(piece.pcm) // 2
