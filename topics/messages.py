@@ -28,6 +28,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 SCHEMA_VERSION = 1
 SAMPLE_RATE = 16_000
+# SegmentedWindow.activity travels as integer percent: a tenth of the JSON of floats, precise enough.
+ACTIVITY_SCALE = 100
 BYTES_PER_SAMPLE = 2
 
 TYPE_HEADER = "sf-type"

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import Binarizer, WindowActivity, aggregate, output_grid
 from pipeline.stages.accurate.reclustering import constrained_average_linkage, keep_live_ids
-from pipeline.stages.accurate.segmentation import ACTIVITY_SCALE
 from pipeline.stages.accurate.speaker_assignment import NEW, assign, cosine_distances
 from topics.messages import (
+    ACTIVITY_SCALE,
     SAMPLE_RATE,
     LabeledSpan,
     ReportedSpeaker,

