@@ -35,7 +35,7 @@ kafka-jars: $(STAMP)
 demo: setup
 	$(VENV)/bin/speakerflow demo
 
-# helm for the chart tests (tests/test_helm.py), built from source through the Go module
+# helm for the chart tests (tests/deploy/test_helm.py), built from source through the Go module
 # proxy into .tools/; the binary is named by version so bumping HELM_VERSION rebuilds it.
 HELM_VERSION := v3.22.0
 # What helm's own release build stamps in; without it `helm template` assumes Kubernetes 1.20.
@@ -55,7 +55,7 @@ $(TOOLS)/helm-$(HELM_VERSION):
 	mv $(TOOLS)/helm-build/helm $@ && rmdir $(TOOLS)/helm-build
 	ln -sfn helm-$(HELM_VERSION) $(TOOLS)/helm
 
-# The compose CLI for tests/test_compose.py (`docker compose config` validates docker-compose*.yml),
+# The compose CLI for tests/deploy/test_compose.py (`docker compose config` validates docker-compose*.yml),
 # built from the Go module proxy like helm. Compose's go.mod carries exclude directives, which
 # `go install pkg@version` refuses, so it is built from a throwaway module that requires it and
 # copies its go line and excludes (the build then resolves the same dependency versions).
@@ -76,15 +76,17 @@ $(TOOLS)/docker-compose-$(COMPOSE_VERSION):
 	ln -sfn docker-compose-$(COMPOSE_VERSION) $(TOOLS)/docker-compose
 
 # Lint and format are checked first: CI fails on either before it spends time on the suite.
+# One pytest run over all of tests/ (unit, integration on one broker, deploy), so it always
+# collects tests; the slowest are listed, to keep an eye on the suite's time.
 test: setup tools lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 .PHONY: lint
 
-# The README's accuracy table: DER on a labelled folder (default: the shared dev set, read in
+# The accuracy table (docs/accuracy.md): DER on a labelled folder (default: the shared dev set, read in
 # place), without the recurring-reader pair the targets leave out (EXCLUDE=... to change).
 DEVSET ?= ../shared/data/devset
 EXCLUDE ?= --exclude dev09 --exclude dev10

@@ -9,8 +9,11 @@ import logging
 import sys
 from pathlib import Path
 
+from pipeline.config import PROFILES
+from pipeline.export import FORMATS
 from pipeline.settings import Settings
 from pipeline.stages.base import STAGES
+from topics import SessionReport
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -51,11 +54,12 @@ def _load(path: Path):
         raise SystemExit(f"speakerflow: {exc}") from None
 
 
-def _print_report(report_speakers: list[tuple[int, int]], reference: Path | None, report) -> None:
-    for speaker, ms in report_speakers:
-        print(f"speaker {speaker}: {ms / 1000:.1f} s")
+def _print_report(report: SessionReport, reference: Path | None) -> None:
+    for speaker in report.speakers:
+        print(f"speaker {speaker.id}: {speaker.total_time_ms / 1000:.1f} s")
     if reference is not None:
-        from pipeline.evaluation.talktime import compare, format_table, read_rttm
+        from pipeline.evaluation.talktime import compare, format_table
+        from pipeline.rttm import read_rttm
 
         print()
         print(format_table(compare(read_rttm(reference), report)))
@@ -80,14 +84,13 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(report.model_dump_json(indent=2))
         else:
-            _print_report([(s.id, s.total_time_ms) for s in report.speakers], args.reference, report)
+            _print_report(report, args.reference)
     return 0
 
 
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.devstack.demo import LiveView, report_from_event
     from pipeline.gateway.protocol import session_url
-    from pipeline.producers.gateway_client import stream_session
+    from pipeline.producers.gateway_client import LiveView, report_from_event, stream_session
 
     pcm = _load(args.file)
     url = args.url or session_url(settings.gateway_host, settings.gateway_port)
@@ -104,9 +107,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(event, indent=2))
     else:
-        _print_report(
-            [(s["id"], s["totalTimeMs"]) for s in event["speakers"]], args.reference, report_from_event("stream", event)
-        )
+        _print_report(report_from_event("stream", event), args.reference)
     return 0
 
 
@@ -250,9 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: compute per audio second of each stage, one stream, one core, no broker",
     )
-    bench.add_argument(
-        "--profile", choices=["fast", "accurate"], help="profile for --stages (default SPEAKERFLOW_PROFILE)"
-    )
+    bench.add_argument("--profile", choices=PROFILES, help="profile for --stages (default SPEAKERFLOW_PROFILE)")
     bench.set_defaults(run=_benchmark)
 
     scale = commands.add_parser(
@@ -276,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("dir", type=Path, help="folder searched recursively for audio, RTTM and UEM files")
     evaluation.add_argument(
-        "--profile", choices=["fast", "accurate"], default="accurate", help="stage chain to score (default accurate)"
+        "--profile", choices=PROFILES, default="accurate", help="stage chain to score (default accurate)"
     )
     evaluation.add_argument(
         "--latency", type=float, help="seconds labels trail the audio (accurate profile; default from the profile)"
@@ -298,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a finished session's report (turns and talk time) from the bus as RTTM, JSON, CSV or text"
     )
     export.add_argument("session", help="session id")
-    export.add_argument("--format", choices=["rttm", "json", "csv", "text"], default="text")
+    export.add_argument("--format", choices=FORMATS, default="text")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(run=_export)
 

@@ -1,12 +1,13 @@
 """Every tunable threshold, grouped per stage, with one profile object per chain.
 
 A profile is a configuration choice, not a fork of the code: a worker builds its
-stages from the configs of the profile its settings name (`Settings.profile`). Defaults are documented where they are declared.
+stages from the configs of the profile its settings name (`Settings.profile`).
+Defaults are documented where they are declared.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from topics.messages import SAMPLE_RATE
 
@@ -145,6 +146,24 @@ class Profile:
     def overlap_aware(self) -> bool:
         """The accurate chain (segmentation-3.0 + CAM++), or the fast one (Silero VAD + Resemblyzer)."""
         return self.name == "accurate"
+
+    @property
+    def latency_s(self) -> float:
+        """How far labels trail the newest audio: configurable in the accurate chain, one step plus the look-ahead in the fast one."""
+        if self.overlap_aware:
+            return self.overlap_clustering.latency_s
+        return self.vad.step_s + self.vad.context_s
+
+    def with_latency(self, latency_s: float) -> Profile:
+        """This profile with labels `latency_s` behind the audio (accurate chain only: between one step and one window)."""
+        if not self.overlap_aware:
+            raise ValueError(
+                "the latency is configurable in the accurate profile only; the fast one labels each step 0.5 s after it ends"
+            )
+        step, window = self.segmentation.step_s, self.segmentation.window_s
+        if not step <= latency_s <= window:
+            raise ValueError(f"latency must lie between the step ({step} s) and the window ({window} s)")
+        return replace(self, overlap_clustering=replace(self.overlap_clustering, latency_s=latency_s))
 
 
 PROFILES: dict[str, Profile] = {"fast": Profile(name="fast"), "accurate": Profile(name="accurate")}

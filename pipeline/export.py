@@ -13,6 +13,7 @@ import io
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.rttm import format_rttm, span_turns
 from topics import SESSION_REPORTS, DecodeError, SessionReport, decode
 
 FORMATS = ("rttm", "json", "csv", "text")
@@ -58,10 +59,7 @@ def format_report(report: SessionReport, fmt: str) -> str:
     if fmt == "json":
         return report.model_dump_json(indent=2) + "\n"
     if fmt == "rttm":
-        return "".join(
-            f"SPEAKER {report.session_id} 1 {t.start_ms / 1000:.3f} {(t.end_ms - t.start_ms) / 1000:.3f} <NA> <NA> spk{t.speaker} <NA> <NA>\n"
-            for t in report.turns
-        )
+        return format_rttm(report.session_id, span_turns(report.turns))
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

@@ -1,29 +1,24 @@
-"""Every Prometheus metric of the project, declared once, and the helpers that feed them.
+"""Every Prometheus metric of the project, declared once, and the pure helpers that feed them.
 
 Each process keeps its metrics in prometheus-client's default registry, which also
 carries the client's process_* metrics. A stage worker serves them on its own port
-(:func:`serve_worker_metrics`); the gateway serves them on its HTTP port at /metrics.
-Dashboards use these names and labels: renaming one is a contract change.
+(`pipeline.agents.worker_metrics`, which also reads the gauges only its Faust consumer
+knows); the gateway serves them on its HTTP port at /metrics. Nothing here imports Faust,
+so the gateway does not load it. Dashboards use these names and labels: renaming one is
+a contract change.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
-import logging
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
-import faust
-from aiokafka.partitioner import murmur2
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
+from pipeline.stages.base import STAGES
 from topics import AudioChunk, BusMessage, SessionReport, SpeakerUpdate
 from topics.messages import SAMPLE_RATE
-
-log = logging.getLogger(__name__)
 
 STAGE_MESSAGES = Counter(
     "speakerflow_stage_messages_total", "Bus messages a stage handled, by message type", ["stage", "type"]
@@ -72,10 +67,9 @@ MODEL_INFO = Gauge(
 GATEWAY_CONNECTIONS = Gauge("speakerflow_gateway_connections", "Open WebSocket connections on the gateway")
 GATEWAY_SESSIONS = Counter("speakerflow_gateway_sessions_total", "Gateway sessions by how they ended", ["outcome"])
 
-# Fixed per-stage ports, so that one stack of each stage on one host is scraped without configuration.
-STAGE_METRICS_PORTS = {"segment": 9101, "embed": 9102, "cluster": 9103}
-# Consumer lag needs a broker round trip; assignment and session counts are local.
-REFRESH_INTERVAL_S = 2.0
+# Fixed per-stage ports (9101, 9102, 9103 in stage order), so that one stack of each stage on
+# one host is scraped without configuration.
+STAGE_METRICS_PORTS = {stage: 9101 + i for i, stage in enumerate(STAGES)}
 
 
 def audio_seconds(message: BusMessage) -> float:
@@ -122,13 +116,15 @@ class StageMetrics:
             yield
 
     @contextlib.contextmanager
-    def batch(self, events: list[Any]) -> Iterator[None]:
-        """Times one batch; its wait is measured from when the worker received its oldest record."""
-        received = [e.message.time_in for e in events if e.message.time_in is not None]
-        if received:
-            # Faust stamps time_in with time.monotonic when the record leaves the consumer.
-            EMBEDDING_BATCH_WAIT.observe(max(0.0, time.monotonic() - min(received)))
-        EMBEDDING_BATCH_SIZE.observe(len(events))
+    def batch(self, received: Sequence[float | None]) -> Iterator[None]:
+        """Times one batch, given when (time.monotonic) the worker received each of its records.
+
+        The batch's wait is measured from its oldest record; None marks a record whose arrival is unknown.
+        """
+        known = [t for t in received if t is not None]
+        if known:
+            EMBEDDING_BATCH_WAIT.observe(max(0.0, time.monotonic() - min(known)))
+        EMBEDDING_BATCH_SIZE.observe(len(received))
         try:
             with self._processing.time():
                 yield
@@ -142,82 +138,3 @@ def resolve_metrics_port(stage: str, configured: int | None) -> int | None:
     if configured is None:
         return STAGE_METRICS_PORTS.get(stage)
     return configured or None
-
-
-def serve_worker_metrics(app: faust.App, stage: str, configured_port: int | None) -> int | None:
-    """Serve /metrics for a stage worker and keep its consumer-side gauges fresh; returns the port."""
-    port = resolve_metrics_port(stage, configured_port)
-    if port is not None:
-        try:
-            start_http_server(port)
-        except OSError as exc:
-            if configured_port is not None or exc.errno != errno.EADDRINUSE:
-                raise
-            # A second worker of the stage on this host: it still serves, on a port the log names.
-            server, _ = start_http_server(0)
-            log.warning("metrics port %d is taken; serving /metrics on %d", port, server.server_port)
-            port = server.server_port
-        log.info("serving /metrics on port %d", port)
-    refresher = _ConsumerGauges(app, stage)
-    app.timer(REFRESH_INTERVAL_S, name=f"{stage}-metrics")(refresher.refresh)
-    return port
-
-
-class _ConsumerGauges:
-    """Assigned partitions, consumer lag and held sessions, read from the Faust consumer and tables."""
-
-    def __init__(self, app: faust.App, stage: str) -> None:
-        self.app = app
-        self.stage = stage
-        self._lag_labels: set[tuple[str, str, str]] = set()
-
-    def _input_topics(self) -> set[str]:
-        return {name for agent in self.app.agents.values() for name in getattr(agent.channel, "topics", ())}
-
-    async def refresh(self) -> None:
-        try:
-            await self._refresh()
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a rebalance in progress must not crash the worker
-            log.debug("metrics refresh skipped: %r", exc)
-
-    async def _refresh(self) -> None:
-        consumer = self.app.consumer
-        inputs = self._input_topics()
-        owned = sorted(
-            (tp for tp in consumer.assignment() if tp.topic in inputs), key=lambda tp: (tp.topic, tp.partition)
-        )
-        for topic in inputs:
-            ASSIGNED_PARTITIONS.labels(self.stage, topic).set(sum(tp.topic == topic for tp in owned))
-        self._count_sessions({tp.partition for tp in owned})
-        highwaters = await consumer.highwaters(*owned) if owned else {}
-        labels = set()
-        for tp in owned:
-            committed = consumer._committed_offset.get(tp)
-            if committed is None:
-                committed = await consumer.position(tp)
-            highwater = highwaters.get(tp)
-            if highwater is None or committed is None:
-                continue
-            label = (self.stage, tp.topic, str(tp.partition))
-            CONSUMER_LAG.labels(*label).set(max(0, highwater - committed))
-            labels.add(label)
-        # Partitions that moved to another worker are that worker's to report.
-        for label in self._lag_labels - labels:
-            CONSUMER_LAG.remove(*label)
-        self._lag_labels = labels
-
-    def _count_sessions(self, partitions: set[int]) -> None:
-        tables = list(self.app.tables.values())
-        if not tables:
-            return
-        # The in-memory store also holds standby copies of other workers' partitions: count only
-        # keys whose partition (the producers' murmur2 partitioner) this worker owns.
-        held = {
-            key
-            for table in tables
-            for key in list(table.data.keys())
-            if isinstance(key, bytes) and (murmur2(key) & 0x7FFFFFFF) % table.partitions in partitions
-        }
-        ACTIVE_SESSIONS.labels(self.stage).set(len(held))

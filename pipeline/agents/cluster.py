@@ -9,8 +9,7 @@ import faust
 from pipeline.agents.app import bus_topic, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
-from pipeline.stages.accurate.overlap_clustering import OverlapClusteringSessionState, OverlapClusteringStage
-from pipeline.stages.fast.clustering import ClusteringSessionState, ClusteringStage
+from pipeline.stages.chains import build_cluster
 from topics import (
     SESSION_REPORTS,
     SPEAKER_TURNS,
@@ -20,8 +19,6 @@ from topics import (
     SessionStart,
     SessionStop,
     SpeakerTurn,
-    StepEmbedding,
-    WindowEmbeddings,
 )
 
 log = logging.getLogger(__name__)
@@ -35,34 +32,26 @@ def register(app: faust.App, profile: Profile) -> None:
     }
     updates = bus_topic(app, SPEAKER_UPDATES)
     sessions = session_table(app, "cluster-sessions", STEP_EMBEDDINGS)
-    if profile.overlap_aware:
-        stage: ClusteringStage | OverlapClusteringStage = OverlapClusteringStage(profile.overlap_clustering)
-        load, work = OverlapClusteringSessionState.model_validate_json, WindowEmbeddings
-    else:
-        stage, load, work = (
-            ClusteringStage(profile.clustering),
-            ClusteringSessionState.model_validate_json,
-            StepEmbedding,
-        )
+    stage = build_cluster(profile)
     metrics = StageMetrics("cluster")
 
     @app.agent(source)
     async def cluster(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, load, metrics):
+        async for event, message, state in session_messages(stream, sessions, stage.state_type.from_bytes, metrics):
             key = event.key
             if isinstance(message, SessionStart):
-                if state is None:
-                    sessions[key] = stage.start(message).model_dump_json().encode()
+                if state is None:  # a replayed start of a running session changes nothing
+                    sessions[key] = stage.start(message).to_bytes()
                 continue
             if state is None:
                 metrics.error("unknown_session")
                 log.warning("%s for unknown session %s", message.TYPE, message.session_id)
                 continue
-            if isinstance(message, work):
+            if isinstance(message, stage.input_type):
                 outputs = stage.push(state, message)
-                sessions[key] = state.model_dump_json().encode()
+                sessions[key] = state.to_bytes()
             elif isinstance(message, SessionStop):
-                outputs = stage.stop(state, message.session_id, message.offset)
+                outputs = stage.finish(state, message)
                 del sessions[key]
             else:
                 continue

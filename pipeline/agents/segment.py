@@ -1,6 +1,7 @@
 """Segment agent: speakerflow.audio -> speakerflow.speech-steps.
 
-Silero VAD steps in the fast profile, segmentation-3.0 windows in the accurate one.
+Silero VAD steps in the fast profile, segmentation-3.0 windows in the accurate one
+(`pipeline.stages.chains.build_segment`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import faust
 from pipeline.agents.app import bus_topic, ingest_ms, send, session_messages, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
-from pipeline.stages.accurate.segmentation import SegmentationModel, SegmentationSessionState, SegmentationStage
-from pipeline.stages.fast.vad import SileroVad, VadSessionState, VadStage
+from pipeline.stages.chains import build_segment
 from topics import AUDIO, SPEECH_STEPS, AudioChunk, SessionStart, SessionStop
 
 log = logging.getLogger(__name__)
@@ -22,25 +22,17 @@ log = logging.getLogger(__name__)
 def register(app: faust.App, profile: Profile) -> None:
     source, sink = bus_topic(app, AUDIO), bus_topic(app, SPEECH_STEPS)
     sessions = session_table(app, "segment-sessions", AUDIO)
+    stage = build_segment(profile)
     metrics = StageMetrics("segment")
-    if profile.overlap_aware:
-        model = SegmentationModel(profile.segmentation)
-        stage: VadStage | SegmentationStage = SegmentationStage(profile.segmentation, model)
-        load = SegmentationSessionState.from_bytes
-        metrics.model_info("pyannote-segmentation-3.0", model.device.type)
-    else:
-        stage, load = VadStage(profile.vad, SileroVad()), VadSessionState.from_bytes
-        metrics.model_info("silero-vad", "cpu")
+    metrics.model_info(stage.model_name, stage.device)
 
     @app.agent(source)
     async def segment(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, load, metrics):
+        async for event, message, state in session_messages(stream, sessions, stage.state_type.from_bytes, metrics):
             key = event.key
             if isinstance(message, SessionStart):
                 if state is None:  # a replayed start of a running session changes nothing
-                    fresh = stage.new_state()
-                    fresh.last_seq = message.seq
-                    sessions[key] = fresh.to_bytes()
+                    sessions[key] = stage.start(message).to_bytes()
                     await send(sink, message)
             elif state is None:
                 metrics.error("unknown_session")
@@ -48,12 +40,13 @@ def register(app: faust.App, profile: Profile) -> None:
                     "%s for unknown session %s (not started, or already stopped)", message.TYPE, message.session_id
                 )
             elif isinstance(message, AudioChunk):
-                steps = stage.push(state, message, ingest_ms(event))
+                outputs = stage.push(state, message, ingest_ms(event))
                 sessions[key] = state.to_bytes()
-                for step in steps:
-                    await send(sink, step)
-            elif isinstance(message, SessionStop) and message.seq > state.last_seq:
-                for step in stage.finish(state, message.session_id):
-                    await send(sink, step)
-                await send(sink, message)
-                del sessions[key]
+                for output in outputs:
+                    await send(sink, output)
+            elif isinstance(message, SessionStop):
+                outputs = stage.finish(state, message)
+                for output in outputs:
+                    await send(sink, output)
+                if outputs:  # the stop was applied (it is the last output): the session ends here
+                    del sessions[key]

@@ -10,13 +10,15 @@ import faust
 
 from pipeline.agents import cluster, embed, segment
 from pipeline.agents.app import build_app, changelog_specs
+from pipeline.agents.worker_metrics import serve_worker_metrics
 from pipeline.bus import ensure_topics
 from pipeline.config import Profile, load_profile
-from pipeline.metrics import serve_worker_metrics
 from pipeline.settings import Settings
+from pipeline.stages.base import STAGES
 from topics import ALL_TOPICS
 
-STAGES: dict[str, Callable[[faust.App, Profile], None]] = {
+# What puts each stage's agent on an app; keyed exactly by `STAGES` (a unit test holds them together).
+REGISTRARS: dict[str, Callable[[faust.App, Profile], None]] = {
     "segment": segment.register,
     "embed": embed.register,
     "cluster": cluster.register,
@@ -40,7 +42,7 @@ def run_worker(stage: str, settings: Settings, loglevel: str = "warning") -> Non
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     app = build_app(stage, settings)
-    STAGES[stage](app, load_profile(settings.profile))
+    REGISTRARS[stage](app, load_profile(settings.profile))
     asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)]))
     serve_worker_metrics(app, stage, settings.metrics_port)
     ready_file = settings.ready_file

@@ -1,6 +1,6 @@
 """Scale-out and failover on one machine: several workers per stateful stage, live sessions, a killed worker.
 
-`speakerflow scale-out` and tests/test_scale_out.py share this module. Sessions go through
+`speakerflow scale-out` and tests/integration/test_scale_out.py share this module. Sessions go through
 the gateway exactly as clients send them; every figure reported comes from the processes'
 /metrics endpoints or from when the clients saw their updates.
 """
@@ -8,7 +8,6 @@ the gateway exactly as clients send them; every figure reported comes from the p
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 import threading
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import websockets
 from aiokafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -27,6 +25,7 @@ from prometheus_client.samples import Sample
 from pipeline.devstack.stack import Stack, free_port
 from pipeline.devstack.synthetic import Conversation, script_for, synthesize
 from pipeline.producers.audio_file import float_to_pcm16
+from pipeline.producers.gateway_client import stream_session
 from pipeline.settings import Settings
 from topics import AUDIO, SPEECH_STEPS, STEP_EMBEDDINGS
 from topics.messages import SAMPLE_RATE
@@ -35,7 +34,6 @@ from topics.messages import SAMPLE_RATE
 PARTITIONS = AUDIO.partitions
 STAGE_INPUTS = {"segment": AUDIO.name, "embed": SPEECH_STEPS.name, "cluster": STEP_EMBEDDINGS.name}
 STATEFUL_STAGES = ("segment", "cluster")
-CHUNK_MS = 200
 
 
 def partition_of(session_id: str, partitions: int = PARTITIONS) -> int:
@@ -75,32 +73,14 @@ class SessionRun:
 async def run_session(url: str, session_id: str, pcm: np.ndarray, realtime: bool = True) -> SessionRun:
     """One client session under a chosen id; audio paced in real time unless told otherwise."""
     run = SessionRun(session_id, len(pcm) / SAMPLE_RATE, {})
-    async with websockets.connect(url, max_size=2**22) as ws:
-        await ws.send(json.dumps({"action": "start", "num_speakers": 2, "session_id": session_id}))
-        started = json.loads(await ws.recv())
-        if started.get("event") != "started":
-            raise RuntimeError(f"session {session_id} refused: {started}")
 
-        async def listen() -> None:
-            async for raw in ws:
-                event = json.loads(raw)
-                if event["event"] == "speaker":
-                    run.updates.append((time.monotonic(), event))
-                elif event["event"] == "report":
-                    run.report = event
-                    return
-                elif event["event"] == "error":
-                    raise RuntimeError(f"session {session_id}: {event}")
+    def record(event: dict) -> None:
+        if event["event"] == "speaker":
+            run.updates.append((time.monotonic(), event))
 
-        listener = asyncio.create_task(listen())
-        step = SAMPLE_RATE * CHUNK_MS // 1000
-        began = time.monotonic()
-        for offset in range(0, len(pcm), step):
-            if realtime:
-                await asyncio.sleep(max(0.0, began + offset / SAMPLE_RATE - time.monotonic()))
-            await ws.send(pcm[offset : offset + step].astype("<i2").tobytes())
-        await ws.send(json.dumps({"action": "stop"}))
-        await asyncio.wait_for(listener, timeout=180)
+    run.report = await stream_session(
+        url, pcm, num_speakers=2, realtime=realtime, on_event=record, report_timeout_s=180, session_id=session_id
+    )
     return run
 
 

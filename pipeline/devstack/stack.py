@@ -1,7 +1,8 @@
 """The whole dataflow on one machine: a Kafka broker, one worker per stage, a gateway.
 
 Used by `make up`/`make down` (detached, state under `.run/`), by the demo and by
-the integration tests (attached: everything stops with the caller).
+the integration tests (attached: everything stops with the caller). The tests run
+their stacks on the session's one broker (`bootstrap`) instead of starting their own.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Stack:
     run_dir: Path
     settings: Settings = field(default_factory=Settings)
     broker_port: int | None = None
+    # A running broker's bootstrap servers: the stack uses it and neither starts nor stops one. Stacks on
+    # one broker join the same consumer groups and changelogs (the stage apps' names are fixed), so they
+    # must run one after another; each picks up the bus where the previous one stopped.
+    bootstrap: str | None = None
     workers: dict[str, int] = field(default_factory=lambda: {stage: 1 for stage in STAGES})
     # True: the first worker of each stage serves /metrics on the stage's fixed port (`make up`);
     # False: every worker gets a free port, so stacks side by side (tests) never collide.
@@ -59,11 +64,12 @@ class Stack:
     def start(self, detach: bool = False, timeout: float = 180.0) -> Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
-        self.broker = KafkaBroker(
-            data_dir=self.run_dir / "kafka", port=self.broker_port, cache_dir=self.settings.cache_dir
-        )
-        self.broker.start(detach=detach)
-        self.settings = replace(self.settings, kafka=self.broker.bootstrap_servers)
+        if self.bootstrap is None:
+            self.broker = KafkaBroker(
+                data_dir=self.run_dir / "kafka", port=self.broker_port, cache_dir=self.settings.cache_dir
+            )
+            self.broker.start(detach=detach)
+        self.settings = replace(self.settings, kafka=self.bootstrap or self.broker.bootstrap_servers)
         try:
             asyncio.run(ensure_topics(self.settings.kafka))
             for stage, count in self.workers.items():

@@ -1,18 +1,28 @@
 """The stage chain run in one process over one recording, with no broker.
 
-The same stage classes the Faust agents wrap, fed in the order the bus would
-feed them: for tuning, evaluation and tests of the stage math.
+The profile's stages (`pipeline.stages.chains`), called exactly as the Faust agents call
+them and fed in the order the bus would feed them: a producer's chunks and stop
+(`pipeline.producers.chunking`) into the segment stage, whatever it emits through the embed
+stage, and on into the cluster stage.
+For tuning, evaluation, the stage benchmark and tests of the stage math.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pipeline.config import Profile
-from pipeline.stages.fast.clustering import ClusteringOutput
-from topics.messages import AudioChunk, SessionReport, SessionStart, SpeakerTurn, SpeakerUpdate
+from pipeline.producers.chunking import CHUNK_SAMPLES, session_records
+from pipeline.stages.base import STAGES, ClusterOutput
+from pipeline.stages.chains import build_chain
+from topics.messages import AudioChunk, BusMessage, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
+
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -20,62 +30,50 @@ class ChainResult:
     updates: list[SpeakerUpdate] = field(default_factory=list)
     turns: list[SpeakerTurn] = field(default_factory=list)
     report: SessionReport | None = None
-
-
-def build_stages(profile: Profile):
-    """(segment, embed, cluster) stages of the profile's chain, models loaded."""
-    if profile.overlap_aware:
-        from pipeline.stages.accurate.overlap_clustering import OverlapClusteringStage
-        from pipeline.stages.accurate.segmentation import SegmentationModel, SegmentationStage
-        from pipeline.stages.accurate.track_embedding import CamppEmbedder, TrackEmbeddingStage
-
-        return (
-            SegmentationStage(profile.segmentation, SegmentationModel(profile.segmentation)),
-            TrackEmbeddingStage(profile.track_embedding, CamppEmbedder(profile.track_embedding)),
-            OverlapClusteringStage(profile.overlap_clustering),
-        )
-    from pipeline.stages.fast.clustering import ClusteringStage
-    from pipeline.stages.fast.embedding import EmbeddingStage, ResemblyzerEmbedder
-    from pipeline.stages.fast.vad import SileroVad, VadStage
-
-    return (
-        VadStage(profile.vad, SileroVad()),
-        EmbeddingStage(ResemblyzerEmbedder(profile.embedding)),
-        ClusteringStage(profile.clustering),
-    )
+    # CPU seconds (time.process_time) each stage spent on the recording.
+    cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
 class InProcessChain:
     def __init__(self, profile: Profile) -> None:
-        self.segment, self.embedding, self.clustering = build_stages(profile)
+        self.segment, self.embed, self.cluster = build_chain(profile)
 
-    def run(self, pcm: np.ndarray, start: SessionStart, chunk_samples: int = 3200) -> ChainResult:
+    def run(self, pcm: np.ndarray, start: SessionStart, chunk_samples: int = CHUNK_SAMPLES) -> ChainResult:
         """Stream int16 PCM through the segment, embed and cluster stages in chunks."""
-        session_id = start.session_id
-        segment_state = self.segment.new_state()
-        cluster_state = self.clustering.start(start)
         result = ChainResult()
-        for seq, offset in enumerate(range(0, len(pcm), chunk_samples), start=1):
-            chunk = AudioChunk(
-                session_id=session_id,
-                seq=seq,
-                offset=offset,
-                producer="inprocess",
-                pcm=pcm[offset : offset + chunk_samples].astype("<i2").tobytes(),
-            )
-            self._collect(result, cluster_state, self.segment.push(segment_state, chunk, ingest_ms=0))
-        self._collect(result, cluster_state, self.segment.finish(segment_state, session_id))
-        for output in self.clustering.stop(cluster_state, session_id, len(pcm)):
-            self._record(result, output)
+        segment_state = self.segment.start(start)
+        cluster_state = self.cluster.start(start)
+        for message in session_records(pcm, start, chunk_samples):
+            if isinstance(message, AudioChunk):
+                segmented = self._timed(result, "segment", self.segment.push, segment_state, message, 0)
+            else:
+                segmented = self._timed(result, "segment", self.segment.finish, segment_state, message)
+            for embedded in self._embed(result, segmented):
+                if isinstance(embedded, self.cluster.input_type):
+                    outputs = self._timed(result, "cluster", self.cluster.push, cluster_state, embedded)
+                elif isinstance(embedded, SessionStop):
+                    outputs = self._timed(result, "cluster", self.cluster.finish, cluster_state, embedded)
+                else:
+                    continue
+                for output in outputs:
+                    self._record(result, output)
         return result
 
-    def _collect(self, result: ChainResult, cluster_state, steps) -> None:
-        for embedded in self.embedding.process(steps):
-            for output in self.clustering.push(cluster_state, embedded):
-                self._record(result, output)
+    def _embed(self, result: ChainResult, messages: list[BusMessage]) -> list[BusMessage]:
+        """The messages with those of the embed stage's input type embedded, in order, as the embed agent sends them."""
+        work = self.embed.input_type
+        embedded = iter(self._timed(result, "embed", self.embed.process, [m for m in messages if isinstance(m, work)]))
+        return [next(embedded) if isinstance(m, work) else m for m in messages]
 
     @staticmethod
-    def _record(result: ChainResult, output: ClusteringOutput) -> None:
+    def _timed(result: ChainResult, stage: str, call: Callable[..., Result], *args: Any) -> Result:
+        began = time.process_time()
+        outputs = call(*args)
+        result.cpu_s[stage] += time.process_time() - began
+        return outputs
+
+    @staticmethod
+    def _record(result: ChainResult, output: ClusterOutput) -> None:
         if isinstance(output, SpeakerUpdate):
             result.updates.append(output)
         elif isinstance(output, SpeakerTurn):

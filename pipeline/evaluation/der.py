@@ -10,7 +10,6 @@ overlapped speech scored and the collar as given, per file and pooled.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from pipeline.config import Profile
 from pipeline.evaluation.chain import ChainResult, InProcessChain
 from pipeline.producers.audio_file import load_pcm16
+from pipeline.rttm import RttmTurn, read_rttm, span_turns, write_rttm
 from topics.messages import SAMPLE_RATE, LabeledSpan, SessionStart
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -59,16 +59,10 @@ def find_recordings(root: Path, exclude: tuple[str, ...] = ()) -> list[Recording
 def with_latency(profile: Profile, latency_s: float | None) -> Profile:
     if latency_s is None:
         return profile
-    if not profile.overlap_aware:
-        raise EvaluationError(
-            "--latency applies to the accurate profile; the fast one labels each step 0.5 s after it ends"
-        )
-    step, window = profile.segmentation.step_s, profile.segmentation.window_s
-    if not step <= latency_s <= window:
-        raise EvaluationError(f"latency must lie between the step ({step} s) and the window ({window} s)")
-    return dataclasses.replace(
-        profile, overlap_clustering=dataclasses.replace(profile.overlap_clustering, latency_s=latency_s)
-    )
+    try:
+        return profile.with_latency(latency_s)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def live_spans(result: ChainResult) -> list[LabeledSpan]:
@@ -79,26 +73,23 @@ def report_spans(result: ChainResult) -> list[LabeledSpan]:
     return list(result.report.turns) if result.report is not None else []
 
 
-def annotation(uri: str, spans: list[LabeledSpan]):
+def annotation(uri: str, turns: list[RttmTurn]):
+    """pyannote's view of the turns, for its metrics."""
     from pyannote.core import Annotation, Segment
 
-    hypothesis = Annotation(uri=uri)
-    for i, span in enumerate(spans):
-        if span.end_ms > span.start_ms:
-            hypothesis[Segment(span.start_ms / 1000, span.end_ms / 1000), i] = f"spk{span.speaker}"
-    return hypothesis.support()  # adjacent pieces of one speaker become one segment
+    result = Annotation(uri=uri)
+    for i, turn in enumerate(turns):
+        result[Segment(turn.start_s, turn.end_s), i] = turn.speaker
+    return result
 
 
-def read_rttm(path: Path, uri: str):
-    from pyannote.core import Annotation, Segment
+def hypothesis_annotation(uri: str, spans: list[LabeledSpan]):
+    """The labels to score: empty spans dropped, adjacent pieces of one speaker joined into one segment."""
+    return annotation(uri, span_turns(s for s in spans if s.end_ms > s.start_ms)).support()
 
-    reference = Annotation(uri=uri)
-    for i, line in enumerate(path.read_text().splitlines()):
-        fields = line.split()
-        if fields and fields[0] == "SPEAKER":
-            start, duration = float(fields[3]), float(fields[4])
-            reference[Segment(start, start + duration), i] = fields[7]
-    return reference
+
+def annotation_turns(annotated) -> list[RttmTurn]:
+    return [RttmTurn(label, segment.start, segment.end) for segment, _, label in annotated.itertracks(yield_label=True)]
 
 
 def read_uem(path: Path | None, duration_s: float):
@@ -113,14 +104,6 @@ def read_uem(path: Path | None, duration_s: float):
             if len(f) >= 4
         ]
     )
-
-
-def write_rttm(path: Path, hypothesis) -> None:
-    with path.open("w") as out:
-        for segment, _, label in hypothesis.itertracks(yield_label=True):
-            out.write(
-                f"SPEAKER {hypothesis.uri} 1 {segment.start:.3f} {segment.duration:.3f} <NA> <NA> {label} <NA> <NA>\n"
-            )
 
 
 def _components(der_components: dict, jer: float, der_no_collar: float) -> dict[str, float]:
@@ -167,10 +150,10 @@ def evaluate(
         compute_s += time.process_time() - began
         duration_s = len(pcm) / SAMPLE_RATE
         audio_s += duration_s
-        hypothesis = annotation(recording.uri, report_spans(result) if use_report else live_spans(result))
+        hypothesis = hypothesis_annotation(recording.uri, report_spans(result) if use_report else live_spans(result))
         if rttm_out is not None:
-            write_rttm(rttm_out / f"{recording.uri}.rttm", hypothesis)
-        reference = read_rttm(recording.rttm, recording.uri)
+            write_rttm(rttm_out / f"{recording.uri}.rttm", recording.uri, annotation_turns(hypothesis))
+        reference = annotation(recording.uri, read_rttm(recording.rttm))
         uem = read_uem(recording.uem, duration_s)
         components = der_metric(reference, hypothesis, uem=uem, detailed=True)
         jer = jer_metric(reference, hypothesis, uem=uem)
@@ -189,9 +172,7 @@ def evaluate(
         "pooled": pooled,
         "files": files,
         "profile": profile.name,
-        "latency": profile.overlap_clustering.latency_s
-        if profile.overlap_aware
-        else profile.vad.step_s + profile.vad.context_s,
+        "latency": profile.latency_s,
         "collar": collar,
         "labels": "report" if use_report else "live",
         "compute_per_audio_s": compute_s / max(audio_s, 1e-9),

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.config import Profile
-from pipeline.evaluation.chain import build_stages
-from topics.messages import SAMPLE_RATE, AudioChunk, SessionStart
+from pipeline.evaluation.chain import InProcessChain
+from pipeline.producers.chunking import CHUNK_SAMPLES
+from topics.messages import SAMPLE_RATE, SessionStart
 
 
 def cpu_model() -> str:
@@ -31,36 +31,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_stage_benchmark(pcm: np.ndarray, profile: Profile, chunk_samples: int = 3200) -> str:
-    segment, embed, cluster = build_stages(profile)
-    spent = {"segment": 0.0, "embed": 0.0, "cluster": 0.0}
-
-    def timed(stage: str, call, *args):
-        began = time.process_time()
-        result = call(*args)
-        spent[stage] += time.process_time() - began
-        return result
-
-    session = "benchmark"
-    segment_state = segment.new_state()
-    cluster_state = cluster.start(SessionStart(session_id=session))
-
-    def downstream(steps) -> None:
-        for embedded in timed("embed", embed.process, steps):
-            timed("cluster", cluster.push, cluster_state, embedded)
-
-    for seq, offset in enumerate(range(0, len(pcm), chunk_samples), start=1):
-        chunk = AudioChunk(
-            session_id=session,
-            seq=seq,
-            offset=offset,
-            producer="benchmark",
-            pcm=pcm[offset : offset + chunk_samples].astype("<i2").tobytes(),
-        )
-        downstream(timed("segment", segment.push, segment_state, chunk, 0))
-    downstream(timed("segment", segment.finish, segment_state, session))
-    timed("cluster", cluster.stop, cluster_state, session, len(pcm))
-
+def run_stage_benchmark(pcm: np.ndarray, profile: Profile, chunk_samples: int = CHUNK_SAMPLES) -> str:
+    spent = InProcessChain(profile).run(pcm, SessionStart(session_id="benchmark"), chunk_samples).cpu_s
     audio_s = len(pcm) / SAMPLE_RATE
     lines = [
         f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.machine()}; torch threads {torch.get_num_threads()}, "

@@ -8,21 +8,14 @@ speaker's talk time is compared with its match's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from pipeline.rttm import RttmTurn
 from topics.messages import SessionReport
 
 _GRID_S = 0.01
-
-
-@dataclass(frozen=True)
-class Segment:
-    speaker: str
-    start_s: float
-    end_s: float
 
 
 @dataclass(frozen=True)
@@ -37,36 +30,26 @@ class SpeakerComparison:
         return abs(self.hypothesis_ms - self.reference_ms) / max(self.reference_ms, 1)
 
 
-def read_rttm(path: Path, uri: str | None = None) -> list[Segment]:
-    segments = []
-    for line in path.read_text().splitlines():
-        fields = line.split()
-        if len(fields) < 8 or fields[0] != "SPEAKER" or (uri and fields[1] != uri):
-            continue
-        start, duration = float(fields[3]), float(fields[4])
-        segments.append(Segment(fields[7], start, start + duration))
-    return segments
+def report_turns(report: SessionReport) -> list[RttmTurn]:
+    """The report's turns in seconds, each labelled with its speaker's id as reported."""
+    return [RttmTurn(str(t.speaker), t.start_ms / 1000, t.end_ms / 1000) for t in report.turns]
 
 
-def report_segments(report: SessionReport) -> list[Segment]:
-    return [Segment(str(t.speaker), t.start_ms / 1000, t.end_ms / 1000) for t in report.turns]
-
-
-def _activity(segments: list[Segment], speakers: list[str], length: int) -> np.ndarray:
+def _activity(turns: list[RttmTurn], speakers: list[str], length: int) -> np.ndarray:
     grid = np.zeros((len(speakers), length), bool)
-    for s in segments:
-        grid[speakers.index(s.speaker), round(s.start_s / _GRID_S) : round(s.end_s / _GRID_S)] = True
+    for t in turns:
+        grid[speakers.index(t.speaker), round(t.start_s / _GRID_S) : round(t.end_s / _GRID_S)] = True
     return grid
 
 
-def compare(reference: list[Segment], report: SessionReport) -> list[SpeakerComparison]:
+def compare(reference: list[RttmTurn], report: SessionReport) -> list[SpeakerComparison]:
     """One row per reference speaker, in order of first appearance."""
-    ref_speakers = list(dict.fromkeys(s.speaker for s in sorted(reference, key=lambda s: s.start_s)))
-    hyp_segments = report_segments(report)
+    ref_speakers = list(dict.fromkeys(t.speaker for t in sorted(reference, key=lambda t: t.start_s)))
+    hyp_turns = report_turns(report)
     hyp_speakers = [str(s.id) for s in report.speakers]
-    length = int(max([s.end_s for s in reference + hyp_segments], default=0) / _GRID_S) + 1
+    length = int(max([t.end_s for t in reference + hyp_turns], default=0) / _GRID_S) + 1
     ref_grid = _activity(reference, ref_speakers, length).astype(np.int32)
-    hyp_grid = _activity(hyp_segments, hyp_speakers, length).astype(np.int32)
+    hyp_grid = _activity(hyp_turns, hyp_speakers, length).astype(np.int32)
     overlap = ref_grid @ hyp_grid.T
     rows, cols = linear_sum_assignment(-overlap) if overlap.size else ([], [])
     match = {int(r): int(c) for r, c in zip(rows, cols) if overlap[r, c] > 0}

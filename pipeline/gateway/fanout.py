@@ -91,7 +91,6 @@ class ResultFanout:
         self._task: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._topic_messages = {spec.name: spec.messages for spec in RESULT_TOPICS}
-        self.skipped = 0  # records that were not valid results
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -171,11 +170,9 @@ class ResultFanout:
         try:
             message = decode(record.key, record.value, record.headers)
         except DecodeError as exc:
-            self.skipped += 1
             log.warning("skipping undecodable record %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
             return
         if type(message) not in self._topic_messages.get(record.topic, ()):
-            self.skipped += 1
             log.warning(
                 "skipping %s on %s[%d]@%d: not a message of that topic",
                 message.TYPE,

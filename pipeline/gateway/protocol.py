@@ -18,8 +18,8 @@ Server events (text frames)::
     {"event": "started", "num_speakers": 2, "sessionId": "..."}
     {"event": "speaker", "currentSpeakerId": 0, "activeSpeakerIds": [0, 1], "speakingTimeMs": {"0": 1200, "1": 500}}
     {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": true}   (subscribers only)
-    {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000}]}
-    {"event": "error", "code": "...", "message": "..."}
+    {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000}], "turns": [{"speakerId": 0, "startMs": 0, "endMs": 2500}]}
+    {"event": "error", "code": "...", "message": "..."}   (the codes: ErrorCode)
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from topics import AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
-from topics.messages import BYTES_PER_SAMPLE, SessionId
+from topics import AudioChunk, ReportedSpeaker, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
+from topics.messages import BYTES_PER_SAMPLE, ReportedTurn, SessionId
 
 # Where clients reach the gateway: one socket per producing client, one per watcher of a session.
 SESSION_PATH = "/ws/session"
@@ -55,7 +55,8 @@ __all__ = [
     "GatewaySession",
     "ProtocolError",
     "ReportEvent",
-    "ReportSpeaker",
+    "ReportEventSpeaker",
+    "ReportEventTurn",
     "ResultMessage",
     "ServerEvent",
     "SpeakerEvent",
@@ -71,16 +72,29 @@ __all__ = [
 
 
 class ErrorCode(StrEnum):
+    """Every code an error event can carry: the complete list, which the docs follow."""
+
+    # A text frame that is not a JSON object.
     BAD_JSON = "bad_json"
+    # A JSON object whose action is neither start nor stop.
     UNKNOWN_ACTION = "unknown_action"
+    # A start with unknown fields, wrongly typed values, speaker counts out of bounds or a bad session id.
     INVALID_START = "invalid_start"
+    # A start while this connection's session runs or awaits its report.
     ALREADY_STARTED = "already_started"
+    # A start of a session id that another socket of this gateway is feeding.
     SESSION_IN_USE = "session_in_use"
+    # Audio or a stop before start, or after stop.
     NOT_STARTED = "not_started"
+    # A binary frame that is not a whole number of 16-bit samples.
     ODD_LENGTH_PCM = "odd_length_pcm"
+    # A binary frame over SPEAKERFLOW_MAX_FRAME_BYTES.
     FRAME_TOO_LARGE = "frame_too_large"
+    # A record could not be published to Kafka.
     BUS_UNAVAILABLE = "bus_unavailable"
+    # No report within SPEAKERFLOW_REPORT_TIMEOUT_S of the stop.
     REPORT_TIMEOUT = "report_timeout"
+    # The events socket of a session id that is not valid; the socket is then closed (1008).
     INVALID_SESSION_ID = "invalid_session_id"
 
 
@@ -191,12 +205,16 @@ class TurnEvent(_Event):
     final: bool
 
 
-class ReportSpeaker(_Event):
+class ReportEventSpeaker(_Event):
+    """One speaker's talk time in a report event (on the bus: topics.ReportedSpeaker)."""
+
     id: int
     total_time_ms: int = Field(alias="totalTimeMs")
 
 
-class ReportTurn(_Event):
+class ReportEventTurn(_Event):
+    """One turn in a report event (on the bus: topics.ReportedTurn)."""
+
     speaker_id: int = Field(alias="speakerId")
     start_ms: int = Field(alias="startMs")
     end_ms: int = Field(alias="endMs")
@@ -204,9 +222,18 @@ class ReportTurn(_Event):
 
 class ReportEvent(_Event):
     event: Literal["report"] = "report"
-    speakers: list[ReportSpeaker]
+    speakers: list[ReportEventSpeaker]
     # Beyond the totals the protocol requires: the session's turns, so a client can place each speaker in time.
-    turns: list[ReportTurn] = []
+    turns: list[ReportEventTurn] = []
+
+    def session_report(self, session_id: str) -> SessionReport:
+        """The bus report this event was made from, but for its duration, which the event does not carry."""
+        return SessionReport(
+            session_id=session_id,
+            duration_ms=0,
+            speakers=[ReportedSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in self.speakers],
+            turns=[ReportedTurn(speaker=t.speaker_id, start_ms=t.start_ms, end_ms=t.end_ms) for t in self.turns],
+        )
 
 
 class ErrorEvent(_Event):
@@ -233,8 +260,8 @@ def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEve
         )
     if isinstance(message, SessionReport):
         return ReportEvent(
-            speakers=[ReportSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in message.speakers],
-            turns=[ReportTurn(speaker_id=t.speaker, start_ms=t.start_ms, end_ms=t.end_ms) for t in message.turns],
+            speakers=[ReportEventSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in message.speakers],
+            turns=[ReportEventTurn(speaker_id=t.speaker, start_ms=t.start_ms, end_ms=t.end_ms) for t in message.turns],
         )
     raise TypeError(f"{type(message).__name__} is not a result message")
 

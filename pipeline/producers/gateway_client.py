@@ -1,15 +1,18 @@
-"""A WebSocket client of the gateway: streams a recording as a live session."""
+"""A WebSocket client of the gateway: streams a recording as a live session and shows what comes back."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 
 import numpy as np
 import websockets
 
-from pipeline.producers.pacing import paced_chunks
+from pipeline.gateway.protocol import ReportEvent
+from pipeline.producers.chunking import CHUNK_SAMPLES, Pacer, pcm_frames
+from topics import SessionReport
 
 
 class GatewaySessionError(RuntimeError):
@@ -21,19 +24,26 @@ async def stream_session(
     pcm: np.ndarray,
     num_speakers: int | None = None,
     realtime: bool = True,
-    chunk_ms: int = 200,
+    chunk_samples: int = CHUNK_SAMPLES,
     on_event: Callable[[dict], None] | None = None,
     report_timeout_s: float = 120.0,
+    session_id: str | None = None,
 ) -> dict:
-    """Run one session over `url` (ws://HOST:PORT/ws/session); return the report event."""
+    """Run one session over `url` (ws://HOST:PORT/ws/session); return the report event.
+
+    Without `session_id` the gateway picks one. An error event fails the session.
+    """
     async with websockets.connect(url, max_size=2**22) as socket:
         start: dict = {"action": "start"}
         if num_speakers is not None:
             start["num_speakers"] = num_speakers
+        if session_id is not None:
+            start["session_id"] = session_id
         await socket.send(json.dumps(start))
         started = json.loads(await socket.recv())
         if started.get("event") != "started":
             raise GatewaySessionError(f"gateway refused the session: {started}")
+        session = started.get("sessionId")
         report: asyncio.Future = asyncio.get_running_loop().create_future()
 
         async def receive() -> None:
@@ -44,13 +54,46 @@ async def stream_session(
                 if event.get("event") == "report" and not report.done():
                     report.set_result(event)
                 elif event.get("event") == "error" and not report.done():
-                    report.set_exception(GatewaySessionError(f"{event.get('code')}: {event.get('message')}"))
+                    report.set_exception(
+                        GatewaySessionError(f"session {session}: {event.get('code')}: {event.get('message')}")
+                    )
 
         receiver = asyncio.create_task(receive())
         try:
-            async for _, chunk in paced_chunks(pcm, chunk_ms, realtime):
-                await socket.send(chunk.astype("<i2").tobytes())
+            pacer = Pacer(realtime)
+            for frame in pcm_frames(pcm, chunk_samples):
+                await pacer.wait(frame.offset)
+                await socket.send(frame.pcm)
             await socket.send(json.dumps({"action": "stop"}))
             return await asyncio.wait_for(report, report_timeout_s)
         finally:
             receiver.cancel()
+
+
+def report_from_event(session_id: str, event: dict) -> SessionReport:
+    """The session report a report event stands for (its duration is not on the wire: 0)."""
+    return ReportEvent.model_validate(event).session_report(session_id)
+
+
+class LiveView:
+    """Prints the live speaker updates: one rewritten line on a terminal, a line per second otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.last_printed_s = -1
+
+    def __call__(self, event: dict) -> None:
+        if event.get("event") != "speaker":
+            return
+        times = "  ".join(f"spk{k}: {v / 1000:5.1f}s" for k, v in sorted(event["speakingTimeMs"].items()))
+        current = event["currentSpeakerId"]
+        active = event.get("activeSpeakerIds") or ([] if current is None else [current])
+        now = " + ".join(f"spk{s}" for s in active) if active else "silence"
+        line = f"now: {now:<12} talk time  {times}"
+        if self.tty:
+            print(f"\r{line:<100}", end="", flush=True)
+        else:
+            seconds = sum(event["speakingTimeMs"].values()) // 1000
+            if seconds != self.last_printed_s:
+                self.last_printed_s = seconds
+                print(line, flush=True)

@@ -9,8 +9,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.bus import new_producer, publish, tail_consumer
-from pipeline.producers.pacing import paced_chunks
-from topics import AUDIO, SESSION_REPORTS, AudioChunk, SessionReport, SessionStart, SessionStop, decode, encode
+from pipeline.producers.chunking import CHUNK_SAMPLES, Pacer, session_records
+from topics import AUDIO, SESSION_REPORTS, AudioChunk, SessionReport, SessionStart, decode, encode
 from topics.messages import SAMPLE_RATE
 
 
@@ -20,7 +20,7 @@ async def replay(
     session_id: str | None = None,
     num_speakers: int | None = None,
     realtime: bool = False,
-    chunk_ms: int = 200,
+    chunk_samples: int = CHUNK_SAMPLES,
     wait_report_s: float | None = 120.0,
     progress: bool = True,
 ) -> SessionReport | None:
@@ -34,21 +34,18 @@ async def replay(
     try:
         start = SessionStart(session_id=session_id, num_speakers=num_speakers, producer=producer_id)
         await publish(producer, AUDIO, start)
-        seq = 0
         bar = tqdm(total=round(len(pcm) / SAMPLE_RATE, 1), unit="s", desc=session_id[:12], disable=not progress)
-        async for offset, chunk in paced_chunks(pcm, chunk_ms, realtime):
-            seq += 1
-            message = AudioChunk(
-                session_id=session_id, seq=seq, offset=offset, producer=producer_id, pcm=chunk.astype("<i2").tobytes()
-            )
-            # Chunks go out without waiting for each ack: the idempotent producer keeps them in order.
-            key, value, headers = encode(message)
-            await producer.send(AUDIO.name, value=value, key=key, headers=headers)
-            bar.update(round(len(chunk) / SAMPLE_RATE, 3))
-        bar.close()
-        await publish(
-            producer, AUDIO, SessionStop(session_id=session_id, seq=seq + 1, offset=len(pcm), producer=producer_id)
-        )
+        pacer = Pacer(realtime)
+        for record in session_records(pcm, start, chunk_samples):
+            if isinstance(record, AudioChunk):
+                await pacer.wait(record.offset)
+                # Chunks go out without waiting for each ack: the idempotent producer keeps them in order.
+                key, value, headers = encode(record)
+                await producer.send(AUDIO.name, value=value, key=key, headers=headers)
+                bar.update(round(record.num_samples / SAMPLE_RATE, 3))
+            else:
+                bar.close()
+                await publish(producer, AUDIO, record)
         if reports is None:
             return None
         return await asyncio.wait_for(_report_for(reports, session_id), wait_report_s)

@@ -12,7 +12,6 @@ sessions, to their embedded counterparts, so any number of embed workers share t
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
@@ -47,15 +46,24 @@ class SegmentStage(Protocol[StateT]):
     """Raw audio in; speech steps or segmented windows out (``speakerflow.speech-steps``)."""
 
     state_type: type[StateT]
+    # The model the stage runs and the device it runs on (``speakerflow_model_info``).
+    model_name: str
+    device: str
 
-    def start(self, message: SessionStart) -> StateT: ...
+    def start(self, message: SessionStart) -> StateT:
+        """A new session's state; records up to the start's ``seq`` count as applied."""
+        ...
 
     def push(self, state: StateT, chunk: AudioChunk, ingest_ms: int) -> list[BusMessage]:
         """The steps or windows this chunk completes; a chunk already applied changes nothing."""
         ...
 
     def finish(self, state: StateT, message: SessionStop) -> list[BusMessage]:
-        """The rest of the stream's steps or windows, or nothing for a stop already applied."""
+        """The rest of the stream's steps or windows, then the stop itself to pass downstream.
+
+        A stop already applied gives nothing and changes nothing, so an empty list tells the
+        caller that the session goes on; anything else, that it has ended here.
+        """
         ...
 
 
@@ -64,6 +72,11 @@ class EmbedStage(Protocol):
 
     # The message type this stage embeds; every other message passes through unchanged.
     input_type: type[BusMessage]
+    model_name: str
+    device: str
+    # A batch holds at most `max_batch` messages, gathered for at most `max_wait_s`.
+    max_batch: int
+    max_wait_s: float
 
     def process(self, batch: list[Any]) -> list[BusMessage]:
         """One output per input, in order."""
@@ -102,8 +115,10 @@ class JsonSessionState(BaseModel):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        stored = json.loads(data)
-        version = stored.get("v") if isinstance(stored, dict) else None
-        if version != cls.VERSION:
-            raise StateVersionError(f"{cls.__name__} version {version!r} stored, {cls.VERSION} expected")
-        return cls.model_validate(stored["state"])
+        # The envelope is the fixed prefix `to_bytes` writes: the state inside goes straight to
+        # pydantic's JSON parser (parsing to Python objects first costs three times as much).
+        prefix = b'{"v":%d,"state":' % cls.VERSION
+        if not (data.startswith(prefix) and data.endswith(b"}")):
+            stored = data[:40].decode(errors="replace")
+            raise StateVersionError(f"{cls.__name__} version {cls.VERSION} expected, stored state starts {stored!r}")
+        return cls.model_validate_json(data[len(prefix) : -1])

@@ -8,8 +8,6 @@ model is checked against what the workers, the gateway and the dashboards expect
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics import MetricWrapperBase
 
+from pipeline import metrics
 from pipeline.stages.base import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,23 +36,6 @@ PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
 WORKER_METRICS_PORT = "9100"
 GATEWAY_PORT = "8000"
 
-# The metrics contract the workers and the gateway expose: name -> (type, labels).
-CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
-    "speakerflow_stage_messages_total": ("counter", frozenset({"stage", "type"})),
-    "speakerflow_stage_audio_seconds_total": ("counter", frozenset({"stage"})),
-    "speakerflow_stage_processing_seconds": ("histogram", frozenset({"stage"})),
-    "speakerflow_end_to_end_latency_seconds": ("histogram", frozenset()),
-    "speakerflow_embedding_batch_size": ("histogram", frozenset()),
-    "speakerflow_embedding_batch_wait_seconds": ("histogram", frozenset()),
-    "speakerflow_active_sessions": ("gauge", frozenset({"stage"})),
-    "speakerflow_session_speakers": ("histogram", frozenset()),
-    "speakerflow_errors_total": ("counter", frozenset({"stage", "kind"})),
-    "speakerflow_consumer_lag_messages": ("gauge", frozenset({"stage", "topic", "partition"})),
-    "speakerflow_assigned_partitions": ("gauge", frozenset({"stage", "topic"})),
-    "speakerflow_model_info": ("gauge", frozenset({"stage", "model", "device"})),
-    "speakerflow_gateway_connections": ("gauge", frozenset()),
-    "speakerflow_gateway_sessions_total": ("counter", frozenset({"outcome"})),
-}
 # Series Prometheus itself writes for every target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
@@ -352,13 +334,13 @@ def _process_series() -> set[str]:
     return {s for family in registry.collect() for s in _series_names(family.name, family.type)}
 
 
-def _series_owner() -> dict[str, str]:
+def _series_owner(contract: dict[str, tuple[str, frozenset[str]]]) -> dict[str, str]:
     """Contract series name -> the contract metric it belongs to."""
-    return {s: name for name, (kind, _) in CONTRACT.items() for s in _series_names(name, kind)}
+    return {s: name for name, (kind, _) in contract.items() for s in _series_names(name, kind)}
 
 
-def test_dashboard_queries_only_contract_metrics() -> None:
-    owner = _series_owner()
+def test_dashboard_queries_only_contract_metrics(metric_contract) -> None:
+    owner = _series_owner(metric_contract)
     allowed = set(owner) | _process_series() | PROMETHEUS_SERIES
     used: set[str] = set()
     for expr in _expressions(_dashboard()):
@@ -366,17 +348,17 @@ def test_dashboard_queries_only_contract_metrics() -> None:
         assert names, f"no metric in {expr!r}"
         assert names <= allowed, f"{expr!r} queries {sorted(names - allowed)}"
         used |= {owner[n] for n in names if n in owner}
-    assert used == set(CONTRACT), f"no panel shows {sorted(set(CONTRACT) - used)}"
+    assert used == set(metric_contract), f"no panel shows {sorted(set(metric_contract) - used)}"
 
 
-def test_dashboard_groups_by_labels_the_series_carry() -> None:
+def test_dashboard_groups_by_labels_the_series_carry(metric_contract) -> None:
     target_labels = _target_labels()
     for expr in _expressions(_dashboard()):
         carried = set(target_labels)
         for name in promql_metric_names(expr):
             base = re.sub(r"_(bucket|sum|count)$", "", name)
-            if base in CONTRACT:
-                carried |= CONTRACT[base][1]
+            if base in metric_contract:
+                carried |= metric_contract[base][1]
             if name.endswith("_bucket"):
                 carried.add("le")
         assert promql_labels(expr) <= carried, f"{expr!r} uses labels {sorted(promql_labels(expr) - carried)}"
@@ -389,15 +371,13 @@ def _registered_series(module) -> dict[str, str]:
     return {s: f.name for f in families for s in _series_names(f.name, f.type)}
 
 
-def test_dashboard_metrics_are_registered_by_the_code() -> None:
-    if importlib.util.find_spec("pipeline.metrics") is None:
-        pytest.skip("pipeline/metrics.py does not exist yet")
-    registered = _registered_series(importlib.import_module("pipeline.metrics"))
+def test_dashboard_metrics_are_registered_by_the_code(metric_contract) -> None:
+    registered = _registered_series(metrics)
     allowed = set(registered) | _process_series() | PROMETHEUS_SERIES
     for expr in _expressions(_dashboard()):
         missing = promql_metric_names(expr) - allowed
         assert not missing, f"{expr!r} queries {sorted(missing)}, which pipeline.metrics does not register"
-    for name, (kind, _) in CONTRACT.items():
+    for name, (kind, _) in metric_contract.items():
         assert _series_names(name, kind) & set(registered), f"pipeline.metrics does not register {name}"
 
 

@@ -1,4 +1,7 @@
-"""Integration tests for the local Kafka broker in pipeline.devstack.broker.runtime (real JVM, no mocks)."""
+"""Integration tests for the local Kafka broker in pipeline.devstack.broker.runtime (real JVM, no mocks).
+
+The client tests use the session's broker (conftest.py); the lifecycle tests start their own.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +30,7 @@ from pipeline.devstack.broker.runtime import (
     stop_detached,
 )
 
-pytestmark = pytest.mark.integration
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[KafkaBroker]:
-    with KafkaBroker() as running:
-        yield running
 
 
 def _unique(prefix: str) -> str:
@@ -220,7 +214,7 @@ def test_stop_kills_jvm_frees_port_and_removes_temp_dir() -> None:
 
 
 def test_start_failure_raises_with_log_tail(broker: KafkaBroker, tmp_path: Path) -> None:
-    # The module broker already holds this port, so the second JVM must die and say why.
+    # The session's broker already holds this port, so the second JVM must die and say why.
     clash = KafkaBroker(data_dir=tmp_path / "clash", port=broker.port)
     with pytest.raises(BrokerError, match=r"(?s)exited with code.*last lines of"):
         clash.start(timeout=60)

@@ -1,7 +1,7 @@
-"""The WebSocket gateway: protocol rules without Kafka, then end to end against a real broker.
+"""The WebSocket gateway end to end against the session's broker (its rules without one: tests/unit/test_gateway_*.py).
 
-In the broker tests the test itself plays the worker: it reads what the gateway
-published on the audio topic and publishes results onto the result topics.
+The test itself plays the worker: it reads what the gateway published on the audio
+topic and publishes results onto the result topics.
 """
 
 from __future__ import annotations
@@ -21,18 +21,9 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from pipeline.bus import ensure_topics, new_producer, publish, tail_consumer
+from pipeline.bus import new_producer, publish, tail_consumer
 from pipeline.gateway import create_app, server_config
-from pipeline.gateway.fanout import ResultFanout, Subscription
-from pipeline.gateway.protocol import (
-    ErrorCode,
-    GatewaySession,
-    ProtocolError,
-    StartAction,
-    StopAction,
-    parse_action,
-    result_event,
-)
+from pipeline.gateway.protocol import events_url, session_url
 from pipeline.settings import Settings
 from topics import (
     AUDIO,
@@ -50,198 +41,6 @@ from topics import (
     decode,
 )
 from topics.messages import ReportedTurn
-
-
-def pcm(samples: int, seed: int = 0) -> bytes:
-    return bytes((seed + i) % 256 for i in range(2 * samples))
-
-
-def start(**fields: object) -> StartAction:
-    action = parse_action(json.dumps({"action": "start", **fields}))
-    assert isinstance(action, StartAction)
-    return action
-
-
-def error_code(call) -> ErrorCode:
-    with pytest.raises(ProtocolError) as caught:
-        call()
-    return caught.value.code
-
-
-# ---- protocol rules, no Kafka ---------------------------------------------------------------
-
-
-def test_session_numbers_records_and_counts_samples():
-    state = GatewaySession("gw-test", max_frame_bytes=4096)
-    opening = state.start(start(num_speakers=3, session_id="room-1"))
-    assert (opening.session_id, opening.seq, opening.num_speakers, opening.producer) == ("room-1", 0, 3, "gw-test")
-    assert not state.active  # nothing counts until the record is published
-    state.commit(opening)
-
-    first = state.audio(pcm(160))
-    state.commit(first)
-    second = state.audio(pcm(400))
-    state.commit(second)
-    stop = state.stop()
-    state.commit(stop)
-
-    assert [(first.seq, first.offset), (second.seq, second.offset)] == [(1, 0), (2, 160)]
-    assert (stop.seq, stop.offset) == (3, 560)
-    assert isinstance(stop, SessionStop)
-    assert error_code(lambda: state.audio(pcm(10))) == ErrorCode.NOT_STARTED  # stopped, awaiting report
-
-    state.end()
-    again = state.start(start())
-    state.commit(again)
-    assert (again.seq, again.num_speakers, state.audio(pcm(1)).offset) == (0, None, 0)  # count estimated unless given
-    assert len(again.session_id) == 32 and again.session_id != "room-1"
-
-
-def test_unpublished_record_changes_nothing():
-    state = GatewaySession("gw-test", max_frame_bytes=4096)
-    state.commit(state.start(start(session_id="s")))
-    lost = state.audio(pcm(100))  # e.g. the publish failed: not committed
-    kept = state.audio(pcm(50))
-    assert (kept.seq, kept.offset) == (lost.seq, lost.offset) == (1, 0)
-    state.commit(kept)
-    assert (state.audio(pcm(1)).seq, state.audio(pcm(1)).offset) == (2, 50)
-    with pytest.raises(RuntimeError):
-        state.commit(lost)  # a stale record cannot be committed out of order
-
-
-def test_frame_and_order_validation():
-    state = GatewaySession("gw-test", max_frame_bytes=1000)
-    assert error_code(lambda: state.audio(pcm(10))) == ErrorCode.NOT_STARTED
-    assert error_code(state.stop) == ErrorCode.NOT_STARTED
-    state.commit(state.start(start(session_id="s")))
-    assert error_code(lambda: state.start(start())) == ErrorCode.ALREADY_STARTED
-    assert error_code(lambda: state.audio(b"\x00" * 11)) == ErrorCode.ODD_LENGTH_PCM
-    assert error_code(lambda: state.audio(b"\x00" * 1002)) == ErrorCode.FRAME_TOO_LARGE
-    assert state.audio(b"\x00" * 1000).offset == 0  # the limit itself is allowed; refusals moved nothing
-
-
-@pytest.mark.parametrize(
-    ("text", "code"),
-    [
-        ("not json", ErrorCode.BAD_JSON),
-        ("[1, 2]", ErrorCode.BAD_JSON),
-        ('"start"', ErrorCode.BAD_JSON),
-        ("{}", ErrorCode.UNKNOWN_ACTION),
-        ('{"action": "pause"}', ErrorCode.UNKNOWN_ACTION),
-        ('{"action": "start", "num_speakers": "2"}', ErrorCode.INVALID_START),
-        ('{"action": "start", "numSpeakers": 2}', ErrorCode.INVALID_START),
-        ('{"action": "start", "session_id": "has space"}', ErrorCode.INVALID_START),
-    ],
-)
-def test_parse_action_refuses(text, code):
-    assert error_code(lambda: parse_action(text)) == code
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [{"num_speakers": 0}, {"num_speakers": 65}, {"num_speakers": 5, "max_speakers": 4}, {"max_speakers": 0}],
-)
-def test_start_out_of_bounds_is_invalid_start(fields):
-    state = GatewaySession("gw-test", max_frame_bytes=1000)
-    assert error_code(lambda: state.start(start(**fields))) == ErrorCode.INVALID_START
-    assert not state.active
-
-
-def test_parse_action_accepts():
-    assert isinstance(parse_action('{"action": "stop"}'), StopAction)
-    state = GatewaySession("gw-test", max_frame_bytes=1000)
-    unbounded = state.start(start(num_speakers=None, max_speakers=7))
-    assert (unbounded.num_speakers, unbounded.speaker_limit) == (None, 7)
-
-
-def test_result_events_have_the_protocol_shape():
-    update = SpeakerUpdate(
-        session_id="s",
-        position_ms=1700,
-        current_speaker=0,
-        active_speakers=[0, 1],
-        speaking_time_ms={1: 500, 0: 1200},
-        ingest_ms=1,
-    )
-    silence = update.model_copy(update={"current_speaker": None, "active_speakers": []})
-    turn = SpeakerTurn(session_id="s", speaker=1, start_ms=1200, end_ms=1700, final=True)
-    report = SessionReport(
-        session_id="s",
-        duration_ms=60000,
-        speakers=[ReportedSpeaker(id=0, total_time_ms=45000), ReportedSpeaker(id=1, total_time_ms=12000)],
-        turns=[ReportedTurn(speaker=0, start_ms=0, end_ms=45000)],
-    )
-    assert result_event(update).wire() == {
-        "event": "speaker",
-        "currentSpeakerId": 0,
-        "activeSpeakerIds": [0, 1],  # overlapped speech: both talk, 0 dominates
-        "speakingTimeMs": {"0": 1200, "1": 500},
-    }
-    assert json.loads(result_event(silence).to_json())["currentSpeakerId"] is None
-    assert result_event(turn).wire() == {"event": "turn", "speakerId": 1, "startMs": 1200, "endMs": 1700, "final": True}
-    assert result_event(report).wire() == {
-        "event": "report",
-        "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}],
-        "turns": [{"speakerId": 0, "startMs": 0, "endMs": 45000}],
-    }
-    assert ProtocolError(ErrorCode.BAD_JSON, "nope").event().wire() == {
-        "event": "error",
-        "code": "bad_json",
-        "message": "nope",
-    }
-
-
-def _update(session_id: str, position_ms: int) -> SpeakerUpdate:
-    return SpeakerUpdate(
-        session_id=session_id,
-        position_ms=position_ms,
-        current_speaker=0,
-        speaking_time_ms={0: position_ms},
-        ingest_ms=0,
-    )
-
-
-async def test_slow_subscriber_drops_oldest_updates_never_reports():
-    report = SessionReport(session_id="s", duration_ms=1, speakers=[], turns=[])
-    turn = SpeakerTurn(session_id="s", speaker=0, start_ms=0, end_ms=1, final=True)
-
-    queue = Subscription("s", maxsize=3)
-    for position in (1, 2, 3):
-        queue.put_nowait(_update("s", position))
-    queue.put_nowait(report)
-    queue.put_nowait(_update("s", 4))
-    assert [await queue.get() for _ in range(len(queue))] == [_update("s", 3), report, _update("s", 4)]
-    assert queue.dropped == 2
-
-    # With no update left to drop, turns go; reports stay even past the bound.
-    queue = Subscription("s", maxsize=3)
-    for message in (turn, report, report, _update("s", 5), report, report):
-        queue.put_nowait(message)
-    assert [await queue.get() for _ in range(len(queue))] == [report] * 4
-    assert queue.dropped == 2
-
-
-async def test_fanout_dispatches_by_session():
-    fanout = ResultFanout("127.0.0.1:1")  # never started: dispatch alone needs no broker
-    a1, a2, b = fanout.subscribe("a"), fanout.subscribe("a"), fanout.subscribe("b")
-    assert fanout.dispatch(_update("a", 1)) == 2
-    assert fanout.dispatch(_update("c", 1)) == 0
-    fanout.unsubscribe(a2)
-    assert fanout.dispatch(_update("a", 2)) == 1
-    assert [len(a1), len(a2), len(b)] == [2, 1, 0]
-    assert fanout.subscriber_count("a") == 1 and not fanout.running
-
-
-async def test_health_is_503_before_startup():
-    app = create_app(Settings(kafka="127.0.0.1:1"))
-    # ASGITransport does not run the lifespan: the app is up but has no producer or fan-out.
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-        response = await client.get("/health")
-    assert response.status_code == 503
-    assert response.json()["status"] != "ok"
-
-
-# ---- against a real broker ------------------------------------------------------------------
 
 
 class RunningGateway:
@@ -276,19 +75,10 @@ class RunningGateway:
         self._socket.close()
 
     def session(self) -> connect:
-        return connect(f"ws://{self.base}/ws/session")
+        return connect(session_url("127.0.0.1", self.port))
 
     def events(self, session_id: str) -> connect:
-        return connect(f"ws://{self.base}/ws/sessions/{session_id}/events")
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> Iterator[str]:
-    from pipeline.devstack.broker import KafkaBroker
-
-    with KafkaBroker() as broker:
-        asyncio.run(ensure_topics(broker.bootstrap_servers))
-        yield broker.bootstrap_servers
+        return connect(events_url("127.0.0.1", self.port, session_id))
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +177,6 @@ def assert_stream(records: list[BusMessage], session_id: str, frames: list[bytes
     assert all(r.session_id == session_id and r.producer == producer for r in records)
 
 
-@pytest.mark.integration
 async def test_health_ok(gateways):
     first, _ = gateways
     async with httpx.AsyncClient() as client:
@@ -398,8 +187,7 @@ async def test_health_ok(gateways):
     assert body == {"status": "ok", "gatewayId": first.id, "producer": True, "fanout": True}
 
 
-@pytest.mark.integration
-async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways):
+async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways, pcm):
     gateway, _ = gateways
     async with (
         audio_tap(bootstrap) as audio,
@@ -469,7 +257,6 @@ async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways
         assert_stream(await audio.wait_for(again, 3), again, frames[:1], gateway.id)
 
 
-@pytest.mark.integration
 async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gateways):
     first, second = gateways
     update = SpeakerUpdate(
@@ -512,7 +299,13 @@ async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gat
             assert await receive(watcher) == turn_event
 
         # The second gateway has dispatched fan-s's results by now; its own session got none of them.
-        await publish(bus, SPEAKER_UPDATES, _update("fan-t", 900).model_copy(update={"current_speaker": None}))
+        await publish(
+            bus,
+            SPEAKER_UPDATES,
+            SpeakerUpdate(
+                session_id="fan-t", position_ms=900, current_speaker=None, speaking_time_ms={0: 900}, ingest_ms=0
+            ),
+        )
         assert await receive(other_ws) == {
             "event": "speaker",
             "currentSpeakerId": None,
@@ -543,8 +336,7 @@ async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gat
         assert other_health.status_code == 200 and other_health.json()["sessions"] == 1
 
 
-@pytest.mark.integration
-async def test_disconnect_mid_session_publishes_stop(bootstrap, gateways):
+async def test_disconnect_mid_session_publishes_stop(bootstrap, gateways, pcm):
     gateway, _ = gateways
     async with audio_tap(bootstrap) as audio:
         async with gateway.session() as ws:
@@ -554,8 +346,7 @@ async def test_disconnect_mid_session_publishes_stop(bootstrap, gateways):
         assert_stream(records, session_id, [pcm(240)], gateway.id)
 
 
-@pytest.mark.integration
-async def test_report_timeout_is_an_error_and_the_socket_goes_on(bootstrap, gateways):
+async def test_report_timeout_is_an_error_and_the_socket_goes_on(bootstrap, gateways, pcm):
     gateway, _ = gateways
     async with audio_tap(bootstrap) as audio, gateway.session() as ws:
         session_id = await start_session(ws, session_id="never-reported")
@@ -577,7 +368,6 @@ async def test_report_timeout_is_an_error_and_the_socket_goes_on(bootstrap, gate
         assert [r.seq for r in records] == [0, 1, 0, 1]
 
 
-@pytest.mark.integration
 async def test_leaving_while_the_report_is_pending_frees_the_session(bootstrap, gateways):
     gateway, _ = gateways
     async with audio_tap(bootstrap) as audio:
@@ -600,8 +390,7 @@ async def test_leaving_while_the_report_is_pending_frees_the_session(bootstrap, 
         assert [type(r) for r in records] == [SessionStart, SessionStop, SessionStart, SessionStop]
 
 
-@pytest.mark.integration
-async def test_failed_publish_is_bus_unavailable_and_changes_no_offsets(bootstrap, gateways):
+async def test_failed_publish_is_bus_unavailable_and_changes_no_offsets(bootstrap, gateways, pcm):
     _, gateway = gateways
     async with audio_tap(bootstrap) as audio, gateway.session() as ws:
         session_id = await start_session(ws)
@@ -617,7 +406,6 @@ async def test_failed_publish_is_bus_unavailable_and_changes_no_offsets(bootstra
             assert (await client.get(f"http://{gateway.base}/health")).status_code == 200
 
 
-@pytest.mark.integration
 async def test_subscriber_with_invalid_session_id_is_refused(gateways):
     gateway, _ = gateways
     async with gateway.events("bad%20id") as ws:

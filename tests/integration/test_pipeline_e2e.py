@@ -1,4 +1,4 @@
-"""The whole dataflow on real parts: Kafka broker, segment/embed/cluster Faust workers, gateway.
+"""The whole dataflow on real parts: segment/embed/cluster Faust workers and a gateway on the session's broker.
 
 Conversations are synthesized with espeak-ng and streamed over the gateway's WebSocket
 exactly as a client would; reports are checked against the script's reference talk time.
@@ -13,37 +13,30 @@ import numpy as np
 import pytest
 import websockets
 
-from pipeline.devstack.demo import report_from_event
-from pipeline.devstack.stack import Stack, free_port
-from pipeline.devstack.synthetic import TWO_SPEAKER_SCRIPT, script_for, synthesize
-from pipeline.evaluation.talktime import Segment, compare
+from pipeline.devstack.synthetic import script_for, synthesize
+from pipeline.evaluation.talktime import compare
 from pipeline.producers.audio_file import float_to_pcm16
-from pipeline.producers.gateway_client import stream_session
-from pipeline.settings import Settings
-
-pytestmark = pytest.mark.integration
+from pipeline.producers.gateway_client import report_from_event, stream_session
 
 TOLERANCE = 0.15
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    settings = Settings(gateway_port=free_port(), report_timeout_s=120)
-    with Stack(tmp_path_factory.mktemp("stack"), settings) as running:
+def stack(local_stack):
+    with local_stack("e2e", report_timeout_s=120) as running:
         yield running
 
 
 def assert_matches_reference(conversation, report_event: dict) -> None:
     assert len(report_event["speakers"]) == 2, report_event
-    reference = [Segment(str(s.speaker), s.start_s, s.end_s) for s in conversation.segments]
-    rows = compare(reference, report_from_event("e2e", report_event))
+    rows = compare(conversation.reference_turns(), report_from_event("e2e", report_event))
     assert {r.hypothesis for r in rows} == {0, 1}, rows
     for row in rows:
         assert row.relative_error <= TOLERANCE, rows
 
 
-def test_two_speaker_conversation_over_the_gateway(stack):
-    conversation = synthesize(TWO_SPEAKER_SCRIPT)
+def test_two_speaker_conversation_over_the_gateway(stack, two_speaker_conversation):
+    conversation = two_speaker_conversation
     updates = []
     report = asyncio.run(
         stream_session(

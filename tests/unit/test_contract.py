@@ -38,55 +38,37 @@ SESSION = "call-42.a:b_c"
 PCM = bytes(range(256)) * 4  # 1024 bytes = 512 samples, every byte value present (no text could survive this)
 
 
+# The fields a step and a window keep through the embed stage, so the input and output samples share them.
+STEP = {
+    "session_id": SESSION,
+    "step": 12,
+    "start": 96_000,
+    "end": 104_000,
+    "voiced": 6_400,
+    "ingest_ms": 1_700_000_000_123,
+}
+WINDOW = {
+    "session_id": SESSION,
+    "step": 0,
+    "start": -72_000,
+    "end": 8_000,
+    "ingest_ms": 1_700_000_000_123,
+    "frame_offset_s": 0.0316,
+    "frame_step_s": 0.016875,
+    "tracks": [4, -1, 7],
+    "activity": [[0, 55, 100], [0, 0, 0], [99, 40, 3]],
+}
+
+
 def _samples() -> dict[str, object]:
     return {
         "audio.chunk": AudioChunk(session_id=SESSION, seq=7, offset=48_000, producer="mic-1", pcm=PCM),
         "session.start": SessionStart(session_id=SESSION, seq=0, num_speakers=3, max_speakers=5, producer="mic-1"),
         "session.stop": SessionStop(session_id=SESSION, seq=99, offset=160_000, producer="mic-1"),
-        "speech.step": SpeechStep(
-            session_id=SESSION,
-            step=12,
-            start=96_000,
-            end=104_000,
-            voiced=6_400,
-            ingest_ms=1_700_000_000_123,
-            speech=[(96_000, 99_200), (100_800, 104_000)],
-            pcm=PCM,
-        ),
-        "segment.window": SegmentedWindow(
-            session_id=SESSION,
-            step=0,
-            start=-72_000,
-            end=8_000,
-            ingest_ms=1_700_000_000_123,
-            frame_offset_s=0.0316,
-            frame_step_s=0.016875,
-            tracks=[4, -1, 7],
-            activity=[[0, 55, 100], [0, 0, 0], [99, 40, 3]],
-            embed_tracks=[7],
-            pcm=PCM,
-        ),
-        "window.embeddings": WindowEmbeddings(
-            session_id=SESSION,
-            step=0,
-            start=-72_000,
-            end=8_000,
-            ingest_ms=1_700_000_000_123,
-            frame_offset_s=0.0316,
-            frame_step_s=0.016875,
-            tracks=[4, -1, 7],
-            activity=[[0, 55, 100], [0, 0, 0], [99, 40, 3]],
-            embeddings={7: [0.6, -0.8]},
-        ),
-        "step.embedding": StepEmbedding(
-            session_id=SESSION,
-            step=12,
-            start=96_000,
-            end=104_000,
-            voiced=6_400,
-            ingest_ms=1_700_000_000_123,
-            embedding=[0.1, -0.25, 1 / 3, 0.0, 2.5e-8],
-        ),
+        "speech.step": SpeechStep(**STEP, speech=[(96_000, 99_200), (100_800, 104_000)], pcm=PCM),
+        "segment.window": SegmentedWindow(**WINDOW, embed_tracks=[7], pcm=PCM),
+        "window.embeddings": WindowEmbeddings(**WINDOW, embeddings={7: [0.6, -0.8]}),
+        "step.embedding": StepEmbedding(**STEP, embedding=[0.1, -0.25, 1 / 3, 0.0, 2.5e-8]),
         "speaker.update": SpeakerUpdate(
             session_id=SESSION,
             position_ms=6_500,

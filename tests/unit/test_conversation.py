@@ -13,9 +13,9 @@ from pipeline.devstack.synthetic import (
     Turn,
     script_for,
     speak,
-    speaker_label,
     synthesize,
 )
+from pipeline.rttm import speaker_label
 
 SR = 16000
 
@@ -138,6 +138,12 @@ def test_rttm_round_trips(three):
         assert got.start_s == pytest.approx(want.start_s, abs=0.0015)
         assert got.end_s == pytest.approx(want.end_s, abs=0.0015)
     assert speaker_label(2) in text
+
+
+def test_reference_turns_are_the_segments_under_rttm_labels(three):
+    assert [(t.speaker, t.start_s, t.end_s) for t in three.reference_turns()] == [
+        (speaker_label(s.speaker), s.start_s, s.end_s) for s in three.segments
+    ]
 
 
 def test_rttm_rejects_uri_with_spaces(two):

@@ -8,14 +8,13 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_profile
-from pipeline.devstack.synthetic import TWO_SPEAKER_SCRIPT, synthesize
 from pipeline.evaluation.der import EvaluationError, evaluate, find_recordings, with_latency
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, two_speaker_conversation):
     root = tmp_path_factory.mktemp("corpus")
-    conversation = synthesize(TWO_SPEAKER_SCRIPT)
+    conversation = two_speaker_conversation
     (root / "audio").mkdir()
     (root / "labels").mkdir()
     conversation.write_wav(root / "audio" / "talk.wav")
@@ -56,8 +55,9 @@ def test_harness_scores_a_synthesized_conversation(corpus, tmp_path, profile, us
     summary = evaluate(corpus, load_profile(profile), use_report=use_report, rttm_out=tmp_path, progress=False)
     talk = summary["files"]["talk"]
     assert summary["labels"] == ("report" if use_report else "live")
-    for key in ("der", "der_no_collar", "jer", "missed", "false_alarm", "confusion"):
-        assert 0.0 <= summary["pooled"][key] <= 1.0
+    # One labelled recording in the corpus: the pooled scores are its own.
+    for key in ("der", "der_no_collar", "jer", "missed", "false_alarm", "confusion", "speech_s"):
+        assert summary["pooled"][key] == pytest.approx(talk[key]), key
     assert talk["der_no_collar"] >= talk["der"]  # the collar only forgives
     assert talk["der"] == pytest.approx(talk["missed"] + talk["false_alarm"] + talk["confusion"])
     # Two clear synthetic voices: both found, and most speech labelled right.
@@ -72,6 +72,15 @@ def test_cli_writes_json_summary(corpus, tmp_path, capsys):
     assert main(["eval", str(corpus), "--profile", "fast", "--collar", "0", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert set(summary) >= {"pooled", "files", "profile", "latency", "collar"}
-    assert summary["collar"] == 0.0 and summary["profile"] == "fast"
     assert set(summary["pooled"]) >= {"der", "jer", "missed", "false_alarm", "confusion"}
-    assert "pooled" in capsys.readouterr().out
+    assert (summary["profile"], summary["collar"], summary["labels"]) == ("fast", 0.0, "live")
+    talk = summary["files"]["talk"]
+    assert (talk["speakers"], talk["speakers_found"]) == (2, 2)
+    # --collar 0 reached the scoring: the DER is the collar-free one.
+    assert talk["der"] == pytest.approx(talk["der_no_collar"])
+    assert summary["pooled"]["der"] == pytest.approx(talk["der"])
+    # The table on stdout shows the scores the file holds.
+    printed = capsys.readouterr().out.splitlines()
+    row = next(line for line in printed if line.startswith("talk "))
+    assert f"{100 * talk['der']:6.2f}%" in row and row.endswith(" 2/2")
+    assert any(line.startswith("pooled ") for line in printed)

@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 
 from pipeline.config import ClusteringConfig
+from pipeline.stages.base import StateVersionError
 from pipeline.stages.fast.clustering import ClusteringSessionState, ClusteringStage
-from topics.messages import SAMPLE_RATE, SessionReport, SessionStart, SpeakerTurn, SpeakerUpdate, StepEmbedding
+from topics.messages import (
+    SAMPLE_RATE,
+    SessionReport,
+    SessionStart,
+    SessionStop,
+    SpeakerTurn,
+    SpeakerUpdate,
+    StepEmbedding,
+)
 
 SESSION = "cluster-test"
 STEP = SAMPLE_RATE // 2  # 0.5 s steps, as the VAD emits them
@@ -64,6 +73,11 @@ def stage() -> ClusteringStage:
 
 def new_state(stage: ClusteringStage, num_speakers: int | None = 2, max_speakers: int = 20) -> ClusteringSessionState:
     return stage.start(SessionStart(session_id=SESSION, num_speakers=num_speakers, max_speakers=max_speakers))
+
+
+def stop_after(steps: int) -> SessionStop:
+    """The producer's stop after `steps` steps of audio."""
+    return SessionStop(session_id=SESSION, seq=steps + 1, offset=steps * STEP)
 
 
 def push_all(stage, state, steps) -> list:
@@ -236,7 +250,7 @@ def test_a_short_silence_keeps_the_turn_open(stage):
     # A 1.0 s silence is not longer than max_turn_gap_s: one turn, never closed, extended over the pause.
     assert turns(outputs) == [(0, 0, 500, False)]
     assert state.turn is not None and (state.turn.start, state.turn.end) == (0, 6 * STEP)
-    report = stage.stop(state, SESSION)
+    report = stage.finish(state, stop_after(6))
     assert turns(report) == [(0, 0, 3000, True)]
 
 
@@ -247,11 +261,11 @@ def test_an_ignored_voice_keeps_nobody_talking_and_closes_stale_turns(stage):
     assert turns(outputs) == [(0, 0, 500, False), (0, 0, 500, True)]
 
 
-def test_stop_reports_totals_and_every_turn(stage):
+def test_finish_reports_totals_and_every_turn(stage):
     state = new_state(stage)
     outputs = push_all(stage, state, steps_for("00~11...1100.~0", seed=4))
     last = updates(outputs)[-1]
-    final = stage.stop(state, SESSION)
+    final = stage.finish(state, stop_after(15))
     assert [type(o) for o in final] == [SpeakerTurn, SessionReport]
     closing = final[0]
     assert closing.final and (closing.speaker, closing.end_ms) == (0, 7500)
@@ -272,11 +286,23 @@ def test_stop_reports_totals_and_every_turn(stage):
         assert a.end_ms <= b.start_ms
 
 
-def test_stop_with_no_speech(stage):
+def test_finish_with_no_speech(stage):
     state = new_state(stage)
     push_all(stage, state, steps_for("...."))
-    (report,) = stage.stop(state, SESSION)
+    (report,) = stage.finish(state, stop_after(4))
     assert report == SessionReport(session_id=SESSION, duration_ms=2000, speakers=[], turns=[])
+
+
+def test_the_report_lasts_as_long_as_the_stream_the_producer_sent(stage):
+    # Audio after the last step (shorter than a step) still counts in the session's duration.
+    state = new_state(stage)
+    push_all(stage, state, steps_for("00"))
+    (report,) = [
+        o
+        for o in stage.finish(state, SessionStop(session_id=SESSION, seq=3, offset=2 * STEP + 800))
+        if isinstance(o, SessionReport)
+    ]
+    assert report.duration_ms == 2 * STEP_MS + 50
 
 
 @pytest.mark.parametrize("split", [1, 3, 6, 9, 12])
@@ -284,16 +310,18 @@ def test_state_json_round_trip_resumes_identically(split):
     plan = steps_for("0~0011..1~2210..0", seed=7)
     first = ClusteringStage(CONFIG)
     uninterrupted_state = new_state(first, num_speakers=3)
-    uninterrupted = push_all(first, uninterrupted_state, plan) + first.stop(uninterrupted_state, SESSION)
+    uninterrupted = push_all(first, uninterrupted_state, plan) + first.finish(
+        uninterrupted_state, stop_after(len(plan))
+    )
 
     state = new_state(first, num_speakers=3)
     before = push_all(first, state, plan[:split])
-    saved = state.model_dump_json()
+    saved = state.to_bytes()
     # Another worker picks the session up from the changelog.
     other = ClusteringStage(CONFIG)
-    restored = ClusteringSessionState.model_validate_json(saved)
+    restored = ClusteringSessionState.from_bytes(saved)
     assert restored == state
-    after = push_all(other, restored, plan[split:]) + other.stop(restored, SESSION)
+    after = push_all(other, restored, plan[split:]) + other.finish(restored, stop_after(len(plan)))
 
     assert before + after == uninterrupted
     assert restored == uninterrupted_state
@@ -303,10 +331,22 @@ def test_state_json_keeps_centroids_exactly():
     stage = ClusteringStage(CONFIG)
     state = new_state(stage)
     push_all(stage, state, steps_for("0~1.01", seed=11))
-    restored = ClusteringSessionState.model_validate_json(state.model_dump_json())
+    restored = ClusteringSessionState.from_bytes(state.to_bytes())
     assert restored.centroid_sums == state.centroid_sums
     assert restored.turn == state.turn and restored.turn is not None
     assert restored.closed_turns == state.closed_turns and restored.closed_turns
+
+
+def test_a_state_of_another_version_fails_loudly(stage, monkeypatch):
+    state = new_state(stage)
+    push_all(stage, state, steps_for("0~1", seed=11))
+    stored = state.to_bytes()
+    # The format from before states carried a version: the bare JSON of the state.
+    with pytest.raises(StateVersionError):
+        ClusteringSessionState.from_bytes(state.model_dump_json().encode())
+    monkeypatch.setattr(ClusteringSessionState, "VERSION", ClusteringSessionState.VERSION + 1)
+    with pytest.raises(StateVersionError):
+        ClusteringSessionState.from_bytes(stored)
 
 
 def test_centroids_only_move_on_confident_steps(stage):

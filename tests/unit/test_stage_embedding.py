@@ -46,6 +46,10 @@ def windows(utterances) -> list[np.ndarray]:
 def test_embedder_runs_on_the_requested_device(embedder):
     assert embedder.device == torch.device("cpu")
     assert next(embedder.encoder.parameters()).device.type == "cpu"
+    # What the embed agent reads off the stage: its model info and its batching.
+    stage = EmbeddingStage(embedder)
+    assert (stage.model_name, stage.device, stage.input_type) == ("resemblyzer-ge2e", "cpu", SpeechStep)
+    assert (stage.max_batch, stage.max_wait_s) == (embedder.config.max_batch, embedder.config.max_wait_s)
 
 
 def test_embeddings_are_unit_vectors_of_256(embedder, windows):

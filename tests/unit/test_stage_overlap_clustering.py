@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 
 import numpy as np
 import pytest
 
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.overlap_clustering import OverlapClusteringSessionState, OverlapClusteringStage
-from topics import SessionReport, SessionStart, SpeakerUpdate, WindowEmbeddings
+from pipeline.stages.base import ClusterStage, StateVersionError
+from topics import SessionReport, SessionStart, SessionStop, SpeakerUpdate, WindowEmbeddings
 
 SESSION = "clu-1"
 RATE = 16_000
@@ -60,10 +63,14 @@ def script_windows(talk: dict[int, list[tuple[float, float]]], duration_s: float
 def run(stage, windows, duration_s, num_speakers=None):
     state = stage.start(SessionStart(session_id=SESSION, num_speakers=num_speakers))
     outputs = [o for w in windows for o in stage.push(state, w)]
-    outputs += stage.stop(state, SESSION, int(duration_s * RATE))
+    outputs += stage.finish(state, stop_at(duration_s))
     updates = [o for o in outputs if isinstance(o, SpeakerUpdate)]
     (report,) = [o for o in outputs if isinstance(o, SessionReport)]
     return state, updates, report
+
+
+def stop_at(duration_s: float) -> SessionStop:
+    return SessionStop(session_id=SESSION, seq=1, offset=int(duration_s * RATE))
 
 
 def speech_of(spans, speaker) -> float:
@@ -109,7 +116,7 @@ def test_a_twin_speaker_is_merged_back():
     windows = script_windows(talk, 15.0, voices)
     merging = OverlapClusteringStage(dataclasses.replace(CONFIG, new_speaker_distance=0.25, merge_distance=0.6))
     state, updates, _ = run(merging, windows, 15.0)
-    assert state.merged_into == {1: 0}
+    assert state.identity.merged_into == {1: 0}
     late = [s for u in updates for s in u.spans if s.start_ms >= 10_500]
     assert late and {s.speaker for s in late} == {0}
 
@@ -133,7 +140,37 @@ def test_state_survives_the_changelog_and_replays_change_nothing():
     state = stage.start(SessionStart(session_id=SESSION))
     for window in windows[:10]:
         stage.push(state, window)
-    restored = OverlapClusteringSessionState.model_validate_json(state.model_dump_json())
+    restored = OverlapClusteringSessionState.from_bytes(state.to_bytes())
     outputs = [o for w in windows[8:] for o in stage.push(restored, w)]  # two windows replayed
-    outputs += stage.stop(restored, SESSION, 9 * RATE)
+    outputs += stage.finish(restored, stop_at(9.0))
     assert [o for o in outputs if isinstance(o, SessionReport)] == [uninterrupted]
+
+
+def test_a_state_of_another_version_fails_loudly():
+    stage = OverlapClusteringStage(CONFIG)
+    state = stage.start(SessionStart(session_id=SESSION))
+    for window in script_windows({0: [(0.0, 4.0)]}, 4.0, {0: voice(0)}):
+        stage.push(state, window)
+    # Version 1 was one flat model of every part's fields, stored as bare JSON with no version field.
+    parts = state.model_dump(mode="json")
+    identity, live, report = parts.pop("identity"), parts.pop("live"), parts.pop("report")
+    flat = parts | identity | {"embedded": report["embedded"], "cannot_link": report["cannot_link"]}
+    flat |= {"live_until_s": live["until_s"], "report_until_s": report["until_s"], "live": live["binarizer"]}
+    flat |= {"report": report["binarizer"], "talk_ms": live["talk_ms"], "turns": live["turns"]}
+    flat |= {"pieces": report["pieces"]}
+    assert len(flat) == 20
+    with pytest.raises(StateVersionError):
+        OverlapClusteringSessionState.from_bytes(json.dumps(flat).encode())
+    stored = json.loads(state.to_bytes())
+    stored["v"] = 1
+    with pytest.raises(StateVersionError):
+        OverlapClusteringSessionState.from_bytes(json.dumps(stored).encode())
+    assert OverlapClusteringSessionState.from_bytes(state.to_bytes()) == state
+
+
+def test_the_stage_has_the_cluster_role():
+    for verb in ("start", "push", "finish"):
+        declared = inspect.signature(getattr(ClusterStage, verb)).parameters
+        assert list(inspect.signature(getattr(OverlapClusteringStage, verb)).parameters) == list(declared)
+    assert OverlapClusteringStage.state_type is OverlapClusteringSessionState
+    assert OverlapClusteringStage.input_type is WindowEmbeddings

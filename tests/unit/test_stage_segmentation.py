@@ -1,4 +1,4 @@
-"""Segment stage (accurate profile): segmentation-3.0 windows, runs, tracks, embedding requests, resume."""
+"""Segment stage (accurate profile): segmentation-3.0 windows, runs, tracks, embedding requests, stop, resume."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ from pipeline.stages.accurate.segmentation import (
     SegmentationStage,
     split_runs,
 )
-from topics import AudioChunk
+from pipeline.stages.base import StateVersionError
+from topics import AudioChunk, SessionStart, SessionStop
 
 CONFIG = SegmentationConfig()
 SESSION = "seg-1"
 CHUNK = 3200
+START = SessionStart(session_id=SESSION)
+# Later than every chunk; the stage goes by the audio it received, not the stop's offset.
+STOP = SessionStop(session_id=SESSION, seq=1_000_000, offset=0)
 
 
 def test_a_slot_is_cut_into_runs_at_its_pauses():
@@ -55,11 +59,16 @@ def chunks(pcm: np.ndarray) -> list[AudioChunk]:
 
 def run(stage: SegmentationStage, state: SegmentationSessionState, pieces: list[AudioChunk], finish: bool = True):
     windows = [w for chunk in pieces for w in stage.push(state, chunk, ingest_ms=0)]
-    return windows + (stage.finish(state, SESSION) if finish else [])
+    if not finish:
+        return windows
+    # The stop comes last, after the windows it flushes, to pass downstream.
+    *flushed, stop = stage.finish(state, STOP)
+    assert stop == STOP
+    return windows + flushed
 
 
 def test_one_window_per_step_covering_the_whole_stream(stage, pcm):
-    windows = run(stage, stage.new_state(), chunks(pcm))
+    windows = run(stage, stage.start(START), chunks(pcm))
     step = CONFIG.samples(CONFIG.step_s)
     assert [w.step for w in windows] == list(range(len(windows)))
     assert windows[-1].end >= len(pcm) > windows[-1].end - step
@@ -68,7 +77,7 @@ def test_one_window_per_step_covering_the_whole_stream(stage, pcm):
 
 
 def test_tracks_follow_voices_and_ask_for_embeddings_sparingly(stage, pcm):
-    windows = run(stage, stage.new_state(), chunks(pcm))
+    windows = run(stage, stage.start(START), chunks(pcm))
     tracks = {t for w in windows for t in w.tracks}
     assert 2 <= len(tracks) < len(windows)  # tracks persist across windows
     asking = [w for w in windows if w.embed_tracks]
@@ -82,9 +91,9 @@ def test_tracks_follow_voices_and_ask_for_embeddings_sparingly(stage, pcm):
 
 def test_state_restored_from_bytes_resumes_exactly(stage, pcm):
     pieces = chunks(pcm)
-    uninterrupted = run(stage, stage.new_state(), pieces)
+    uninterrupted = run(stage, stage.start(START), pieces)
     split = len(pieces) // 2
-    first = stage.new_state()
+    first = stage.start(START)
     before = run(stage, first, pieces[:split], finish=False)
     restored = SegmentationSessionState.from_bytes(first.to_bytes())
     after = run(stage, restored, pieces[split - 2 :])  # two chunks replayed after the restart change nothing
@@ -92,8 +101,26 @@ def test_state_restored_from_bytes_resumes_exactly(stage, pcm):
 
 
 def test_a_replayed_chunk_is_ignored(stage, pcm):
-    state = stage.new_state()
+    state = stage.start(START)
     piece = chunks(pcm)[0]
     stage.push(state, piece, ingest_ms=0)
     assert stage.push(state, piece, ingest_ms=0) == []
     assert state.next_offset == len(piece.pcm) // 2
+
+
+def test_the_start_and_a_stop_already_applied_change_nothing(stage, pcm):
+    pieces = chunks(pcm)[:6]
+    state = stage.start(SessionStart(session_id=SESSION, seq=pieces[1].seq))
+    assert run(stage, state, pieces[:2], finish=False) == [] and state.next_offset == 0
+    run(stage, state, pieces[2:], finish=False)
+    before = state.to_bytes()
+    assert stage.finish(state, SessionStop(session_id=SESSION, seq=pieces[-1].seq, offset=0)) == []
+    assert state.to_bytes() == before
+    assert run(stage, state, [])[-1].end >= pieces[-1].offset + CHUNK
+
+
+def test_a_state_of_another_version_fails_loudly(stage, monkeypatch):
+    stored = stage.start(START).to_bytes()
+    monkeypatch.setattr(SegmentationSessionState, "VERSION", SegmentationSessionState.VERSION + 1)
+    with pytest.raises(StateVersionError):
+        SegmentationSessionState.from_bytes(stored)

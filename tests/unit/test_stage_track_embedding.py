@@ -61,6 +61,10 @@ def test_pooling_weights_pick_one_voice_out_of_a_window(conversation):
 
 def test_only_requested_tracks_are_embedded(conversation):
     stage = TrackEmbeddingStage(CONFIG, CamppEmbedder(CONFIG))
+    # What the embed agent reads off the stage: its model info and its batching.
+    assert (stage.model_name, stage.input_type) == ("campplus", SegmentedWindow)
+    assert stage.device in ("cpu", "cuda")
+    assert (stage.max_batch, stage.max_wait_s) == (CONFIG.max_batch, CONFIG.max_wait_s)
     pcm = float_to_pcm16(conversation.audio)[: 5 * 16_000]
     activity = [[100] * 150 + [0] * 143, [0] * 150 + [100] * 143]
     window = SegmentedWindow(

@@ -1,22 +1,28 @@
-"""VadStage with the real Silero model on espeak-ng speech: steps, windows, replay, gaps and resume."""
+"""VadStage with the real Silero model on espeak-ng speech: steps, windows, replay, gaps, stop and resume."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import struct
 
 import numpy as np
 import pytest
 
 from pipeline.config import VadConfig
 from pipeline.devstack.synthetic import VOICES, Conversation, script_for, speak, synthesize
+from pipeline.stages.base import StateVersionError
 from pipeline.stages.fast.vad import SileroVad, VadSessionState, VadStage
-from topics.messages import SAMPLE_RATE, AudioChunk, SpeechStep
+from topics.messages import SAMPLE_RATE, AudioChunk, SessionStart, SessionStop, SpeechStep
 
 SR = SAMPLE_RATE
 CONFIG = VadConfig()
 STEP = CONFIG.samples(CONFIG.step_s)
 CONTEXT = CONFIG.samples(CONFIG.context_s)
 SESSION = "vad-test"
+START = SessionStart(session_id=SESSION)
+# Later than every chunk of these tests; the stage goes by the audio it received, not the stop's offset.
+STOP = SessionStop(session_id=SESSION, seq=1_000_000, offset=0)
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +62,23 @@ def make_chunks(pcm: np.ndarray, size: int, first_seq: int = 1) -> list[AudioChu
 def feed(
     stage: VadStage, chunks: list[AudioChunk], state: VadSessionState | None = None, ingest_ms: int = 0
 ) -> list[SpeechStep]:
-    state = state if state is not None else VadSessionState()
+    state = state if state is not None else stage.start(START)
     steps: list[SpeechStep] = []
     for chunk in chunks:
         steps += stage.push(state, chunk, ingest_ms=ingest_ms)
     return steps
 
 
+def finish(stage: VadStage, state: VadSessionState) -> list[SpeechStep]:
+    """The steps the stop flushes; the stop itself comes last, to pass downstream."""
+    *steps, stop = stage.finish(state, STOP)
+    assert stop == STOP
+    return steps
+
+
 def run_all(stage: VadStage, chunks: list[AudioChunk]) -> list[SpeechStep]:
-    state = VadSessionState()
-    return feed(stage, chunks, state) + stage.finish(state, SESSION)
+    state = stage.start(START)
+    return feed(stage, chunks, state) + finish(stage, state)
 
 
 def summary(steps: list[SpeechStep]) -> list[tuple[int, int, int, int]]:
@@ -129,30 +142,30 @@ def test_steps_are_contiguous_numbered_and_step_long(reference_steps, pcm):
 
 def test_finish_emits_the_trailing_partial_step(stage, pcm):
     assert len(pcm) % STEP, "the fixture must end inside a step"
-    state = VadSessionState()
+    state = stage.start(START)
     streamed = feed(stage, make_chunks(pcm, 16000), state)
     # While streaming, a step waits for its right-hand context.
     assert streamed[-1].end + CONTEXT <= len(pcm)
     assert all(s.end - s.start == STEP for s in streamed)
-    tail = stage.finish(state, SESSION)
+    tail = finish(stage, state)
     assert tail, "finish must flush the steps still waiting for context"
     assert tail[0].step == streamed[-1].step + 1
     assert tail[-1].end == len(pcm)
     assert tail[-1].end - tail[-1].start == len(pcm) % STEP
-    assert stage.finish(state, SESSION) == []
+    assert stage.finish(state, STOP) == [], "a stop already applied gives nothing"
 
 
 def test_finish_labels_a_partial_frame(stage, pcm):
     # 1000 samples do not fill two 512-sample frames: the last 488 are labelled only at finish.
-    state = VadSessionState()
+    state = stage.start(START)
     assert feed(stage, make_chunks(pcm[:1000], 1000), state) == []
     assert len(state.unframed) == 1000 - 512
-    steps = stage.finish(state, SESSION)
+    steps = finish(stage, state)
     assert summary(steps) == [(0, 0, 1000, 0)]
 
 
 def test_ingest_ms_is_the_newest_seen(stage, pcm):
-    state = VadSessionState()
+    state = stage.start(START)
     chunks = make_chunks(pcm[: 4 * SR], 8000)
     steps = []
     for i, chunk in enumerate(chunks):
@@ -182,14 +195,36 @@ def test_chunk_size_does_not_change_the_steps(stage, pcm, reference_steps):
 
 def test_a_replayed_chunk_is_ignored(stage, pcm):
     chunks = make_chunks(pcm, 3200)
-    state = VadSessionState()
+    state = stage.start(START)
     steps = feed(stage, chunks[:20], state)
     before = state.to_bytes()
     for replay in (chunks[19], chunks[5], chunks[19].model_copy(update={"pcm": b"\x10\x00" * 3200})):
         assert stage.push(state, replay, ingest_ms=999) == []
         assert state.to_bytes() == before
-    steps += feed(stage, chunks[20:], state) + stage.finish(state, SESSION)
+    steps += feed(stage, chunks[20:], state) + finish(stage, state)
     assert steps == run_all(stage, chunks)
+
+
+def test_records_up_to_the_starts_seq_count_as_applied(stage, pcm):
+    chunks = make_chunks(pcm, 3200)
+    state = stage.start(SessionStart(session_id=SESSION, seq=chunks[3].seq))
+    before = state.to_bytes()
+    assert feed(stage, chunks[:4], state) == []
+    assert state.to_bytes() == before
+    stage.push(state, chunks[4], ingest_ms=0)
+    assert state.last_seq == chunks[4].seq and state.next_offset == chunks[4].offset + 3200
+
+
+def test_a_stop_older_than_the_last_chunk_changes_nothing(stage, pcm):
+    chunks = make_chunks(pcm, 3200)
+    state = stage.start(START)
+    steps = feed(stage, chunks[:20], state)
+    before = state.to_bytes()
+    stale = SessionStop(session_id=SESSION, seq=chunks[19].seq, offset=20 * 3200)
+    assert stage.finish(state, stale) == []
+    assert state.to_bytes() == before
+    # The session goes on as if the stale stop had never come.
+    assert steps + feed(stage, chunks[20:], state) + finish(stage, state) == run_all(stage, chunks)
 
 
 def test_an_overlapping_resend_keeps_only_new_samples(stage, pcm):
@@ -249,11 +284,11 @@ def test_a_gap_in_offsets_is_filled_with_silence(stage, pcm):
 
 
 def test_state_bytes_round_trip(stage, pcm):
-    fresh = VadSessionState()
+    fresh = stage.start(START)
     restored = VadSessionState.from_bytes(fresh.to_bytes())
     _assert_same_state(restored, fresh)
 
-    state = VadSessionState()
+    state = stage.start(START)
     # 56 chunks of 1000 samples end inside a pause that has not yet proved long enough.
     feed(stage, make_chunks(pcm, 1000, first_seq=3)[:56], state, ingest_ms=1234)
     assert state.speaking and state.pause_frames and len(state.unframed) and len(state.buffer_pcm)
@@ -275,6 +310,22 @@ def _assert_same_state(a: VadSessionState, b: VadSessionState) -> None:
             assert x == y and type(x) is type(y), f.name
 
 
+def test_a_state_of_another_version_fails_loudly(stage, pcm, monkeypatch):
+    state = stage.start(START)
+    feed(stage, make_chunks(pcm[:SR], 3200), state)
+    stored = state.to_bytes()
+    # The format from before states carried a version: the same header without "v".
+    (length,) = struct.unpack_from(">I", stored)
+    header = json.loads(stored[4 : 4 + length])
+    del header["v"]
+    unversioned = json.dumps(header).encode()
+    with pytest.raises(StateVersionError):
+        VadSessionState.from_bytes(struct.pack(">I", len(unversioned)) + unversioned + stored[4 + length :])
+    monkeypatch.setattr(VadSessionState, "VERSION", VadSessionState.VERSION + 1)
+    with pytest.raises(StateVersionError):
+        VadSessionState.from_bytes(stored)
+
+
 @pytest.mark.parametrize(
     ("resume_at", "inside_a_pause"), [(9, False), (26, False), (56, True), (101, True), (190, False)]
 )
@@ -282,7 +333,7 @@ def test_a_stage_resumed_from_bytes_continues_identically(stage, pcm, resume_at,
     chunks = make_chunks(pcm, 1000)  # not a multiple of the frame: the resume point falls inside a frame
     uninterrupted = run_all(stage, chunks)
 
-    state = VadSessionState()
+    state = stage.start(START)
     before = feed(stage, chunks[:resume_at], state)
     assert len(state.unframed)
     # Some resume points fall in a pause still being timed by the hysteresis.
@@ -291,7 +342,7 @@ def test_a_stage_resumed_from_bytes_continues_identically(stage, pcm, resume_at,
     # Another worker: its own model instance and the state from the changelog.
     other = VadStage(CONFIG, SileroVad())
     resumed_state = VadSessionState.from_bytes(saved)
-    after = feed(other, chunks[resume_at:], resumed_state) + other.finish(resumed_state, SESSION)
+    after = feed(other, chunks[resume_at:], resumed_state) + finish(other, resumed_state)
 
     assert before + after == uninterrupted
     assert after, "the resume point must leave steps to emit"

@@ -1,12 +1,11 @@
-"""Talk-time evaluation: RTTM reading, optimal speaker mapping, comparison rows and the table."""
+"""Talk-time evaluation: optimal speaker mapping, comparison rows and the table."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.devstack.synthetic import Conversation
-from pipeline.devstack.synthetic import Segment as ScriptSegment
-from pipeline.evaluation.talktime import Segment, SpeakerComparison, compare, format_table, read_rttm, report_segments
+from pipeline.evaluation.talktime import SpeakerComparison, compare, format_table, report_turns
+from pipeline.rttm import RttmTurn
 from topics.messages import ReportedSpeaker, ReportedTurn, SessionReport
 
 
@@ -28,62 +27,14 @@ def rows_of(rows: list[SpeakerComparison]) -> list[tuple[str, int | None, int, i
     return [(r.reference, r.hypothesis, r.reference_ms, r.hypothesis_ms) for r in rows]
 
 
-# ---- read_rttm -------------------------------------------------------------------------------
-
-RTTM = """\
-SPKR-INFO meeting 1 <NA> <NA> <NA> unknown alice <NA> <NA>
-SPEAKER meeting 1 0.500 2.250 <NA> <NA> alice <NA> <NA>
-;; a comment line
-SPEAKER other 1 0.000 9.000 <NA> <NA> carol <NA> <NA>
-
-SPEAKER meeting 1   3.000   1.500 <NA> <NA> bob <NA> <NA>
-SPEAKER meeting 1 4.5
-SPEAKER meeting 1 5.000 0.750 <NA> <NA> alice
-"""
-
-
-def test_read_rttm_reads_speaker_lines(tmp_path):
-    path = tmp_path / "ref.rttm"
-    path.write_text(RTTM)
-    assert read_rttm(path) == [
-        Segment("alice", 0.5, 2.75),
-        Segment("carol", 0.0, 9.0),
-        Segment("bob", 3.0, 4.5),
-        Segment("alice", 5.0, 5.75),
-    ]
-
-
-def test_read_rttm_filters_by_uri(tmp_path):
-    path = tmp_path / "ref.rttm"
-    path.write_text(RTTM)
-    assert [s.speaker for s in read_rttm(path, uri="meeting")] == ["alice", "bob", "alice"]
-    assert read_rttm(path, uri="other") == [Segment("carol", 0.0, 9.0)]
-    assert read_rttm(path, uri="absent") == []
-
-
-def test_read_rttm_reads_what_the_synthesizer_writes(tmp_path):
-    conversation = Conversation(
-        audio=None,  # only the segments matter for RTTM
-        sample_rate=16000,
-        segments=[ScriptSegment(0, 0.5, 3.33), ScriptSegment(1, 3.9485, 6.1285), ScriptSegment(0, 6.563375, 9.353375)],
-    )
-    path = tmp_path / "conv.rttm"
-    path.write_text(conversation.to_rttm("conv"))
-    segments = read_rttm(path, uri="conv")
-    assert [s.speaker for s in segments] == ["spk0", "spk1", "spk0"]
-    for got, want in zip(segments, conversation.segments):
-        assert got.start_s == pytest.approx(want.start_s, abs=1e-3)
-        assert got.end_s == pytest.approx(want.end_s, abs=2e-3)
-
-
-def test_report_segments_are_the_turns_in_seconds():
+def test_report_turns_are_the_turns_in_seconds():
     r = report([(0, 0.0, 1.5), (1, 1.5, 2.25)])
-    assert report_segments(r) == [Segment("0", 0.0, 1.5), Segment("1", 1.5, 2.25)]
+    assert report_turns(r) == [RttmTurn("0", 0.0, 1.5), RttmTurn("1", 1.5, 2.25)]
 
 
 # ---- compare ---------------------------------------------------------------------------------
 
-REFERENCE = [Segment("A", 0.0, 2.0), Segment("B", 2.0, 4.0), Segment("A", 4.0, 5.0)]
+REFERENCE = [RttmTurn("A", 0.0, 2.0), RttmTurn("B", 2.0, 4.0), RttmTurn("A", 4.0, 5.0)]
 
 
 def test_matching_labels_compare_directly():
@@ -104,24 +55,24 @@ def test_swapped_labels_are_mapped_by_overlap():
 def test_mapping_is_optimal_not_greedy():
     # Overlaps: A-0 10 s, A-1 9 s, B-0 8 s, B-1 0 s. Greedy (A takes 0) would leave B unmatched;
     # the optimal one-to-one mapping (A-1, B-0) covers 17 s.
-    reference = [Segment("A", 0.0, 10.0), Segment("B", 10.0, 18.0)]
+    reference = [RttmTurn("A", 0.0, 10.0), RttmTurn("B", 10.0, 18.0)]
     hyp = report([(0, 0.0, 18.0), (1, 1.0, 10.0)], totals={0: 18000, 1: 9000})
     assert rows_of(compare(reference, hyp)) == [("A", 1, 10000, 9000), ("B", 0, 8000, 18000)]
 
 
 def test_rows_follow_first_appearance_in_the_reference():
     reference = [
-        Segment("late", 6.0, 7.0),
-        Segment("early", 0.0, 1.0),
-        Segment("middle", 3.0, 4.0),
-        Segment("early", 8.0, 9.0),
+        RttmTurn("late", 6.0, 7.0),
+        RttmTurn("early", 0.0, 1.0),
+        RttmTurn("middle", 3.0, 4.0),
+        RttmTurn("early", 8.0, 9.0),
     ]
     rows = compare(reference, report([(0, 0.0, 1.0), (1, 3.0, 4.0), (2, 6.0, 7.0), (0, 8.0, 9.0)]))
     assert rows_of(rows) == [("early", 0, 2000, 2000), ("middle", 1, 1000, 1000), ("late", 2, 1000, 1000)]
 
 
 def test_a_missing_speaker_has_no_hypothesis_and_full_error():
-    reference = REFERENCE + [Segment("C", 5.0, 6.5)]
+    reference = REFERENCE + [RttmTurn("C", 5.0, 6.5)]
     rows = compare(reference, report([(0, 0.0, 2.0), (1, 2.0, 4.0), (0, 4.0, 5.0)]))
     assert rows_of(rows) == [("A", 0, 3000, 3000), ("B", 1, 2000, 2000), ("C", None, 1500, 0)]
     assert rows[2].relative_error == 1.0
@@ -129,7 +80,7 @@ def test_a_missing_speaker_has_no_hypothesis_and_full_error():
 
 def test_a_speaker_without_overlap_is_not_matched():
     # The assignment must pair B with someone, but speaker 1 never talks while B does.
-    reference = [Segment("A", 0.0, 2.0), Segment("B", 5.0, 6.0)]
+    reference = [RttmTurn("A", 0.0, 2.0), RttmTurn("B", 5.0, 6.0)]
     rows = compare(reference, report([(0, 0.0, 2.0), (1, 8.0, 9.0)]))
     assert rows_of(rows) == [("A", 0, 2000, 2000), ("B", None, 1000, 0)]
 
@@ -147,12 +98,12 @@ def test_hypothesis_time_comes_from_the_reported_totals():
 
 
 def test_overlapping_reference_segments_count_once():
-    reference = [Segment("A", 0.0, 2.0), Segment("A", 1.0, 3.0)]
+    reference = [RttmTurn("A", 0.0, 2.0), RttmTurn("A", 1.0, 3.0)]
     assert rows_of(compare(reference, report([(0, 0.0, 3.0)]))) == [("A", 0, 3000, 3000)]
 
 
 def test_reference_time_is_exact_for_times_on_the_grid():
-    reference = [Segment("A", 0.0, 0.58), Segment("A", 1.0, 1.15)]
+    reference = [RttmTurn("A", 0.0, 0.58), RttmTurn("A", 1.0, 1.15)]
     rows = compare(reference, report([(0, 0.0, 0.58), (0, 1.0, 1.15)]))
     assert rows_of(rows) == [("A", 0, 730, 730)]
 
@@ -178,7 +129,7 @@ def test_format_table():
 
 def test_format_table_of_a_comparison():
     hyp = report([(1, 0.0, 2.0), (0, 2.0, 4.0), (1, 4.0, 5.0)], totals={0: 2500, 1: 2700})
-    table = format_table(compare(REFERENCE + [Segment("C", 6.0, 7.0)], hyp))
+    table = format_table(compare(REFERENCE + [RttmTurn("C", 6.0, 7.0)], hyp))
     assert [line.split() for line in table.splitlines()[1:]] == [
         ["A", "1", "3.0", "2.7", "10.0%"],
         ["B", "0", "2.0", "2.5", "25.0%"],

@@ -10,7 +10,6 @@ from pipeline.devstack.synthetic.conversation import (
     Voice,
     script_for,
     speak,
-    speaker_label,
     synthesize,
 )
 
@@ -24,6 +23,5 @@ __all__ = [
     "Voice",
     "script_for",
     "speak",
-    "speaker_label",
     "synthesize",
 ]

@@ -19,6 +19,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from pipeline.rttm import RttmTurn, format_rttm, speaker_label
+
 ESPEAK_BINARY = "espeak-ng"
 
 # Relative to the loudest 10 ms frame of an utterance. espeak's padding is
@@ -91,13 +93,12 @@ class Conversation:
             totals[seg.speaker] = totals.get(seg.speaker, 0.0) + seg.duration_s
         return {spk: round(t * 1000) for spk, t in sorted(totals.items())}
 
+    def reference_turns(self) -> list[RttmTurn]:
+        """The answer key: each segment as an RTTM turn of speaker spk0, spk1, ..."""
+        return [RttmTurn(speaker_label(seg.speaker), seg.start_s, seg.end_s) for seg in self.segments]
+
     def to_rttm(self, uri: str) -> str:
-        if not uri or any(c.isspace() for c in uri):
-            raise ValueError(f"RTTM uri must be a non-empty token without spaces: {uri!r}")
-        return "".join(
-            f"SPEAKER {uri} 1 {seg.start_s:.3f} {seg.duration_s:.3f} <NA> <NA> {speaker_label(seg.speaker)} <NA> <NA>\n"
-            for seg in self.segments
-        )
+        return format_rttm(uri, self.reference_turns())
 
     def pcm16(self) -> bytes:
         """Signed 16-bit little-endian mono, as carried in audio.chunk record values."""
@@ -110,10 +111,6 @@ class Conversation:
 
     def _int16(self) -> np.ndarray:
         return np.round(np.clip(self.audio, -1.0, 1.0) * 32767.0).astype("<i2")
-
-
-def speaker_label(speaker: int) -> str:
-    return f"spk{speaker}"
 
 
 TWO_SPEAKER_SCRIPT: tuple[Turn, ...] = (

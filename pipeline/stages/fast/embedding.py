@@ -50,8 +50,19 @@ class ResemblyzerEmbedder:
 
 
 class EmbeddingStage:
+    """The fast profile's embed stage (`pipeline.stages.base.EmbedStage`)."""
+
+    input_type = SpeechStep
+    model_name = "resemblyzer-ge2e"
+
     def __init__(self, embedder: ResemblyzerEmbedder) -> None:
         self.embedder = embedder
+        self.max_batch = embedder.config.max_batch
+        self.max_wait_s = embedder.config.max_wait_s
+
+    @property
+    def device(self) -> str:
+        return self.embedder.device.type
 
     def process(self, steps: list[SpeechStep]) -> list[StepEmbedding]:
         """Embed every step that carries a window, in one batch; keep order."""

@@ -18,7 +18,7 @@ import onnxruntime
 
 from pipeline.config import VadConfig
 from pipeline.stages.audio_session import AudioSessionState, true_runs
-from topics.messages import SAMPLE_RATE, AudioChunk, SpeechStep
+from topics.messages import SAMPLE_RATE, AudioChunk, SessionStart, SessionStop, SpeechStep
 
 # Silero v5+ keeps this many samples of the previous frame as left context.
 _CONTEXT_SAMPLES = 64
@@ -75,6 +75,12 @@ class VadSessionState(AudioSessionState):
 
 
 class VadStage:
+    """The fast profile's segment stage (`pipeline.stages.base.SegmentStage`)."""
+
+    state_type = VadSessionState
+    model_name = "silero-vad"
+    device = "cpu"  # SileroVad runs on onnxruntime's CPU provider
+
     def __init__(self, config: VadConfig, model: SileroVad) -> None:
         self.config = config
         self.model = model
@@ -86,8 +92,8 @@ class VadStage:
         if config.min_silence_s > config.context_s:
             raise ValueError("min_silence_s must not exceed context_s: pauses are relabelled before steps leave")
 
-    def new_state(self) -> VadSessionState:
-        return VadSessionState()
+    def start(self, message: SessionStart) -> VadSessionState:
+        return VadSessionState(last_seq=message.seq)
 
     def push(self, state: VadSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SpeechStep]:
         """Feed one chunk; return the steps it completes. Replayed chunks are ignored."""
@@ -97,13 +103,18 @@ class VadStage:
         self._label(state, np.concatenate([state.unframed, pcm]))
         return self._emit(state, session_id=chunk.session_id, final=False)
 
-    def finish(self, state: VadSessionState, session_id: str) -> list[SpeechStep]:
-        """End of stream: label the partial frame and emit every remaining step."""
+    def finish(self, state: VadSessionState, message: SessionStop) -> list[SpeechStep | SessionStop]:
+        """End of stream: label the partial frame, emit every remaining step, then the stop.
+
+        Nothing for a stop already applied.
+        """
+        if not state.accept_stop(message):
+            return []
         if len(state.unframed):
             real = len(state.unframed)
             padded = np.concatenate([state.unframed, np.zeros(self.config.frame_samples - real, np.int16)])
             self._label(state, padded, keep=real)
-        return self._emit(state, session_id=session_id, final=True)
+        return [*self._emit(state, session_id=message.session_id, final=True), message]
 
     def _label(self, state: VadSessionState, pcm: np.ndarray, keep: int | None = None) -> None:
         frame_len = self.config.frame_samples

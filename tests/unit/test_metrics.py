@@ -1,5 +1,6 @@
 """Prometheus metrics: the names, types and labels dashboards rely on, the helpers that feed
-them, and the /metrics endpoints of a stage worker and of the gateway. No Kafka needed."""
+them, the worker's consumer-side gauges, and the /metrics endpoints of a stage worker and of
+the gateway. No Kafka needed."""
 
 from __future__ import annotations
 
@@ -9,38 +10,20 @@ import time
 import urllib.request
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from aiokafka.partitioner import murmur2
+from faust.sensors import Monitor
 from faust.types import TP
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import metrics
 from pipeline.agents.app import build_app
+from pipeline.agents.worker_metrics import ConsumerGauges, serve_worker_metrics
 from pipeline.devstack.stack import free_port
-from pipeline.gateway import create_app
-from pipeline.metrics import StageMetrics, observe_output, resolve_metrics_port, serve_worker_metrics
+from pipeline.metrics import StageMetrics, observe_output, resolve_metrics_port
 from pipeline.settings import Settings
 from topics import AudioChunk, ReportedSpeaker, SessionReport, SessionStart, SpeakerUpdate, StepEmbedding
-
-# What the dashboard queries: sample name -> (type, label names).
-CONTRACT = {
-    "speakerflow_stage_messages_total": ("counter", {"stage", "type"}),
-    "speakerflow_stage_audio_seconds_total": ("counter", {"stage"}),
-    "speakerflow_stage_processing_seconds": ("histogram", {"stage"}),
-    "speakerflow_end_to_end_latency_seconds": ("histogram", set()),
-    "speakerflow_embedding_batch_size": ("histogram", set()),
-    "speakerflow_embedding_batch_wait_seconds": ("histogram", set()),
-    "speakerflow_active_sessions": ("gauge", {"stage"}),
-    "speakerflow_session_speakers": ("histogram", set()),
-    "speakerflow_errors_total": ("counter", {"stage", "kind"}),
-    "speakerflow_consumer_lag_messages": ("gauge", {"stage", "topic", "partition"}),
-    "speakerflow_assigned_partitions": ("gauge", {"stage", "topic"}),
-    "speakerflow_model_info": ("gauge", {"stage", "model", "device"}),
-    "speakerflow_gateway_connections": ("gauge", set()),
-    "speakerflow_gateway_sessions_total": ("counter", {"outcome"}),
-}
 
 
 def value(name: str, **labels: str) -> float:
@@ -56,7 +39,7 @@ def feed_every_metric() -> None:
     stage = StageMetrics("contract")
     with stage.handling(chunk(160)):
         pass
-    with stage.batch([SimpleNamespace(message=SimpleNamespace(time_in=time.monotonic()))]):
+    with stage.batch([time.monotonic()]):
         pass
     stage.error("decode")
     stage.model_info("silero-vad", "cpu")
@@ -70,9 +53,9 @@ def feed_every_metric() -> None:
     metrics.GATEWAY_SESSIONS.labels("reported").inc(0)
 
 
-def assert_contract(exposition: str) -> None:
+def assert_contract(exposition: str, contract: dict[str, tuple[str, frozenset[str]]]) -> None:
     families = {f.name: f for f in text_string_to_metric_families(exposition)}
-    for name, (kind, labels) in CONTRACT.items():
+    for name, (kind, labels) in contract.items():
         family = families.get(name.removesuffix("_total"))
         assert family is not None, f"{name} not exposed"
         assert family.type == kind, (name, family.type)
@@ -114,14 +97,14 @@ def test_batch_records_size_wait_and_failures():
     )
     size_sum = value("speakerflow_embedding_batch_size_sum")
     now = time.monotonic()
-    events = [SimpleNamespace(message=SimpleNamespace(time_in=t)) for t in (now - 0.2, now - 0.05, None)]
-    with stage.batch(events):
+    received = [now - 0.2, now - 0.05, None]  # the last record's arrival is unknown
+    with stage.batch(received):
         pass
     assert value("speakerflow_embedding_batch_size_count") == size_count + 1
     assert value("speakerflow_embedding_batch_size_sum") == size_sum + 3
     # The oldest record had waited 0.2 s when the batch began.
     assert 0.2 <= value("speakerflow_embedding_batch_wait_seconds_sum") - wait_sum < 1.0
-    with pytest.raises(RuntimeError), stage.batch(events):
+    with pytest.raises(RuntimeError), stage.batch(received):
         raise RuntimeError("model failed")
     assert value("speakerflow_errors_total", stage="t-batch", kind="processing") == 1
     assert value("speakerflow_stage_processing_seconds_count", stage="t-batch") == 2
@@ -159,14 +142,18 @@ def key_in_partition(partition: int, partitions: int = 8) -> bytes:
 
 
 class FakeConsumer:
-    def __init__(self, assignment: set[TP], committed: dict[TP, int | None], highwater: int, position: int) -> None:
-        self._assignment = assignment
-        self._committed_offset = committed
+    """The part of a Faust consumer the gauges read; `failure`, when set, is raised by `assignment`."""
+
+    def __init__(self, assignment: set[TP], highwater: int, position: int) -> None:
+        self.current = assignment
+        self.failure: BaseException | None = None
         self._highwater = highwater
         self._position = position
 
     def assignment(self) -> set[TP]:
-        return self._assignment
+        if self.failure is not None:
+            raise self.failure
+        return self.current
 
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
         return {tp: self._highwater for tp in tps}
@@ -175,51 +162,77 @@ class FakeConsumer:
         return self._position
 
 
-def test_consumer_gauges_report_input_partitions_lag_and_owned_sessions():
-    audio0, audio3 = TP("speakerflow.audio", 0), TP("speakerflow.audio", 3)
-    changelog = TP("speakerflow-segment-segment-sessions-changelog", 0)
-    consumer = FakeConsumer(
-        {audio0, audio3, changelog}, {audio0: 5, audio3: None, changelog: 0}, highwater=12, position=10
+def segment_worker(consumer: FakeConsumer, monitor: Monitor, tables: dict | None = None) -> SimpleNamespace:
+    """A stand-in for a segment worker's Faust app: its consumer, its monitor, its agent's input topic, its tables."""
+    return SimpleNamespace(
+        consumer=consumer,
+        monitor=monitor,
+        agents={"segment": SimpleNamespace(channel=SimpleNamespace(topics=("speakerflow.audio",)))},
+        tables=tables or {},
     )
+
+
+def lag(stage: str, partition: int) -> float | None:
+    return REGISTRY.get_sample_value(
+        "speakerflow_consumer_lag_messages", {"stage": stage, "topic": "speakerflow.audio", "partition": str(partition)}
+    )
+
+
+AUDIO0, AUDIO3 = TP("speakerflow.audio", 0), TP("speakerflow.audio", 3)
+
+
+def test_consumer_gauges_report_input_partitions_lag_and_owned_sessions():
+    changelog = TP("speakerflow-segment-segment-sessions-changelog", 0)
+    consumer = FakeConsumer({AUDIO0, AUDIO3, changelog}, highwater=12, position=10)
+    monitor = Monitor()
+    monitor.on_tp_commit({AUDIO0: 5, changelog: 0})
     # One session in an owned partition, one standby copy of a partition another worker owns.
     table = SimpleNamespace(partitions=8, data={key_in_partition(0): b"{}", key_in_partition(5): b"{}"})
-    app = SimpleNamespace(
-        consumer=consumer,
-        agents={"segment": SimpleNamespace(channel=SimpleNamespace(topics=("speakerflow.audio",)))},
-        tables={"sessions": table},
-    )
-    gauges = metrics._ConsumerGauges(app, "t-consumer")
+    gauges = ConsumerGauges(segment_worker(consumer, monitor, {"sessions": table}), "t-consumer")
     asyncio.run(gauges.refresh())
     assert value("speakerflow_assigned_partitions", stage="t-consumer", topic="speakerflow.audio") == 2
     assert (
         REGISTRY.get_sample_value("speakerflow_assigned_partitions", {"stage": "t-consumer", "topic": changelog.topic})
         is None
     )
-    assert value("speakerflow_consumer_lag_messages", stage="t-consumer", topic="speakerflow.audio", partition="0") == 7
+    assert lag("t-consumer", 0) == 7
     # Nothing committed yet on partition 3: lag counts from the consumer's position.
-    assert value("speakerflow_consumer_lag_messages", stage="t-consumer", topic="speakerflow.audio", partition="3") == 2
+    assert lag("t-consumer", 3) == 2
     assert value("speakerflow_active_sessions", stage="t-consumer") == 1
 
     # Partition 0 moves to another worker: its lag is no longer this worker's to report.
-    consumer._assignment = {audio3}
+    monitor.on_rebalance_start(SimpleNamespace(rebalancing_count=1))
+    consumer.current = {AUDIO3}
     asyncio.run(gauges.refresh())
-    assert (
-        REGISTRY.get_sample_value(
-            "speakerflow_consumer_lag_messages", {"stage": "t-consumer", "topic": "speakerflow.audio", "partition": "0"}
-        )
-        is None
-    )
+    assert lag("t-consumer", 0) is None
     assert value("speakerflow_assigned_partitions", stage="t-consumer", topic="speakerflow.audio") == 1
     assert value("speakerflow_active_sessions", stage="t-consumer") == 0
 
+    # It comes back: the offset this worker committed before the rebalance is stale (another
+    # worker has moved it since), so until it commits again the lag counts from the position.
+    monitor.on_rebalance_start(SimpleNamespace(rebalancing_count=2))
+    consumer.current = {AUDIO0, AUDIO3}
+    asyncio.run(gauges.refresh())
+    assert lag("t-consumer", 0) == 2
+    monitor.on_tp_commit({AUDIO0: 11})
+    asyncio.run(gauges.refresh())
+    assert lag("t-consumer", 0) == 1
 
-def test_a_failing_refresh_leaves_the_worker_running():
-    class Broken(FakeConsumer):
-        def assignment(self):
-            raise RuntimeError("rebalancing")
 
-    app = SimpleNamespace(consumer=Broken(set(), {}, 0, 0), agents={}, tables={})
-    asyncio.run(metrics._ConsumerGauges(app, "t-broken").refresh())
+def test_a_failing_refresh_leaves_the_worker_running_with_its_last_readings():
+    consumer = FakeConsumer({AUDIO0}, highwater=12, position=10)
+    gauges = ConsumerGauges(segment_worker(consumer, Monitor()), "t-broken")
+    asyncio.run(gauges.refresh())
+    assert lag("t-broken", 0) == 2
+    consumer.failure = RuntimeError("rebalancing")
+    asyncio.run(gauges.refresh())  # returns, so the worker's timer keeps calling it
+    # Nothing is cleared or zeroed: the last readings stand until a refresh succeeds.
+    assert lag("t-broken", 0) == 2
+    assert value("speakerflow_assigned_partitions", stage="t-broken", topic="speakerflow.audio") == 1
+    # A worker shutting down still cancels it.
+    consumer.failure = asyncio.CancelledError()
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(gauges.refresh())
 
 
 def test_metrics_port_setting(monkeypatch):
@@ -238,11 +251,11 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
-def test_worker_serves_the_contract_on_its_metrics_port():
+def test_worker_serves_the_contract_on_its_metrics_port(metric_contract):
     feed_every_metric()
     port = free_port()
     assert serve_worker_metrics(build_app("cluster", Settings()), "cluster", port) == port
-    assert_contract(scrape(port))
+    assert_contract(scrape(port), metric_contract)
 
 
 def test_a_taken_default_port_falls_back_to_a_free_one_but_a_configured_one_fails(monkeypatch):
@@ -259,13 +272,11 @@ def test_a_taken_default_port_falls_back_to_a_free_one_but_a_configured_one_fail
     assert serve_worker_metrics(build_app("embed", Settings()), "embed", 0) is None
 
 
-async def test_gateway_serves_the_contract_on_its_http_port():
+async def test_gateway_serves_the_contract_on_its_http_port(gateway_client, metric_contract):
     feed_every_metric()
-    app = create_app(Settings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-        response = await client.get("/metrics")
+    response = await gateway_client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert_contract(response.text)
+    assert_contract(response.text, metric_contract)
     # No gateway running in this app (its lifespan did not run): it feeds no sessions.
     assert value("speakerflow_active_sessions", stage="gateway") == 0

@@ -1,0 +1,151 @@
+"""The gateway's protocol rules, without Kafka: parsing client actions, numbering a session's records, result events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.gateway.protocol import (
+    ErrorCode,
+    GatewaySession,
+    ProtocolError,
+    StartAction,
+    StopAction,
+    parse_action,
+    result_event,
+)
+from topics import ReportedSpeaker, SessionReport, SessionStop, SpeakerTurn, SpeakerUpdate
+from topics.messages import ReportedTurn
+
+
+def start(**fields: object) -> StartAction:
+    action = parse_action(json.dumps({"action": "start", **fields}))
+    assert isinstance(action, StartAction)
+    return action
+
+
+def error_code(call) -> ErrorCode:
+    with pytest.raises(ProtocolError) as caught:
+        call()
+    return caught.value.code
+
+
+def test_session_numbers_records_and_counts_samples(pcm):
+    state = GatewaySession("gw-test", max_frame_bytes=4096)
+    opening = state.start(start(num_speakers=3, session_id="room-1"))
+    assert (opening.session_id, opening.seq, opening.num_speakers, opening.producer) == ("room-1", 0, 3, "gw-test")
+    assert not state.active  # nothing counts until the record is published
+    state.commit(opening)
+
+    first = state.audio(pcm(160))
+    state.commit(first)
+    second = state.audio(pcm(400))
+    state.commit(second)
+    stop = state.stop()
+    state.commit(stop)
+
+    assert [(first.seq, first.offset), (second.seq, second.offset)] == [(1, 0), (2, 160)]
+    assert (stop.seq, stop.offset) == (3, 560)
+    assert isinstance(stop, SessionStop)
+    assert error_code(lambda: state.audio(pcm(10))) == ErrorCode.NOT_STARTED  # stopped, awaiting report
+
+    state.end()
+    again = state.start(start())
+    state.commit(again)
+    assert (again.seq, again.num_speakers, state.audio(pcm(1)).offset) == (0, None, 0)  # count estimated unless given
+    assert len(again.session_id) == 32 and again.session_id != "room-1"
+
+
+def test_unpublished_record_changes_nothing(pcm):
+    state = GatewaySession("gw-test", max_frame_bytes=4096)
+    state.commit(state.start(start(session_id="s")))
+    lost = state.audio(pcm(100))  # e.g. the publish failed: not committed
+    kept = state.audio(pcm(50))
+    assert (kept.seq, kept.offset) == (lost.seq, lost.offset) == (1, 0)
+    state.commit(kept)
+    assert (state.audio(pcm(1)).seq, state.audio(pcm(1)).offset) == (2, 50)
+    with pytest.raises(RuntimeError):
+        state.commit(lost)  # a stale record cannot be committed out of order
+
+
+def test_frame_and_order_validation(pcm):
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    assert error_code(lambda: state.audio(pcm(10))) == ErrorCode.NOT_STARTED
+    assert error_code(state.stop) == ErrorCode.NOT_STARTED
+    state.commit(state.start(start(session_id="s")))
+    assert error_code(lambda: state.start(start())) == ErrorCode.ALREADY_STARTED
+    assert error_code(lambda: state.audio(b"\x00" * 11)) == ErrorCode.ODD_LENGTH_PCM
+    assert error_code(lambda: state.audio(b"\x00" * 1002)) == ErrorCode.FRAME_TOO_LARGE
+    assert state.audio(b"\x00" * 1000).offset == 0  # the limit itself is allowed; refusals moved nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("not json", ErrorCode.BAD_JSON),
+        ("[1, 2]", ErrorCode.BAD_JSON),
+        ('"start"', ErrorCode.BAD_JSON),
+        ("{}", ErrorCode.UNKNOWN_ACTION),
+        ('{"action": "pause"}', ErrorCode.UNKNOWN_ACTION),
+        ('{"action": "start", "num_speakers": "2"}', ErrorCode.INVALID_START),
+        ('{"action": "start", "numSpeakers": 2}', ErrorCode.INVALID_START),
+        ('{"action": "start", "session_id": "has space"}', ErrorCode.INVALID_START),
+    ],
+)
+def test_parse_action_refuses(text, code):
+    assert error_code(lambda: parse_action(text)) == code
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"num_speakers": 0}, {"num_speakers": 65}, {"num_speakers": 5, "max_speakers": 4}, {"max_speakers": 0}],
+)
+def test_start_out_of_bounds_is_invalid_start(fields):
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    assert error_code(lambda: state.start(start(**fields))) == ErrorCode.INVALID_START
+    assert not state.active
+
+
+def test_parse_action_accepts():
+    assert isinstance(parse_action('{"action": "stop"}'), StopAction)
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    unbounded = state.start(start(num_speakers=None, max_speakers=7))
+    assert (unbounded.num_speakers, unbounded.speaker_limit) == (None, 7)
+
+
+def test_result_events_have_the_protocol_shape():
+    update = SpeakerUpdate(
+        session_id="s",
+        position_ms=1700,
+        current_speaker=0,
+        active_speakers=[0, 1],
+        speaking_time_ms={1: 500, 0: 1200},
+        ingest_ms=1,
+    )
+    silence = update.model_copy(update={"current_speaker": None, "active_speakers": []})
+    turn = SpeakerTurn(session_id="s", speaker=1, start_ms=1200, end_ms=1700, final=True)
+    report = SessionReport(
+        session_id="s",
+        duration_ms=60000,
+        speakers=[ReportedSpeaker(id=0, total_time_ms=45000), ReportedSpeaker(id=1, total_time_ms=12000)],
+        turns=[ReportedTurn(speaker=0, start_ms=0, end_ms=45000)],
+    )
+    assert result_event(update).wire() == {
+        "event": "speaker",
+        "currentSpeakerId": 0,
+        "activeSpeakerIds": [0, 1],  # overlapped speech: both talk, 0 dominates
+        "speakingTimeMs": {"0": 1200, "1": 500},
+    }
+    assert json.loads(result_event(silence).to_json())["currentSpeakerId"] is None
+    assert result_event(turn).wire() == {"event": "turn", "speakerId": 1, "startMs": 1200, "endMs": 1700, "final": True}
+    assert result_event(report).wire() == {
+        "event": "report",
+        "speakers": [{"id": 0, "totalTimeMs": 45000}, {"id": 1, "totalTimeMs": 12000}],
+        "turns": [{"speakerId": 0, "startMs": 0, "endMs": 45000}],
+    }
+    assert ProtocolError(ErrorCode.BAD_JSON, "nope").event().wire() == {
+        "event": "error",
+        "code": "bad_json",
+        "message": "nope",
+    }
