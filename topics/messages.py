@@ -99,18 +99,27 @@ class SessionStart(_JsonMessage):
     num_speakers: int | None = Field(
         default=None, ge=1, le=64, description="speakers to track if known; null: estimated, up to max_speakers"
     )
+    min_speakers: int = Field(default=1, ge=1, le=64, description="lower bound when num_speakers is not given")
     max_speakers: int = Field(default=20, ge=1, le=64, description="upper bound when num_speakers is not given")
     producer: str = Field(default="unknown", min_length=1, max_length=128)
 
     @model_validator(mode="after")
-    def _count_within_bound(self) -> SessionStart:
-        if self.num_speakers is not None and self.num_speakers > self.max_speakers:
-            raise ValueError("num_speakers must not exceed max_speakers")
+    def _count_within_bounds(self) -> SessionStart:
+        if self.min_speakers > self.max_speakers:
+            raise ValueError("min_speakers must not exceed max_speakers")
+        if self.num_speakers is not None and not self.min_speakers <= self.num_speakers <= self.max_speakers:
+            raise ValueError("num_speakers must lie between min_speakers and max_speakers")
         return self
 
     @property
     def speaker_limit(self) -> int:
+        """The most speakers the session may have: the count when given, else the upper bound."""
         return self.num_speakers if self.num_speakers is not None else self.max_speakers
+
+    @property
+    def speaker_floor(self) -> int:
+        """The fewest speakers the report names when that many voices speak: the count when given, else the lower bound."""
+        return self.num_speakers if self.num_speakers is not None else self.min_speakers
 
 
 class SessionStop(_JsonMessage):
