@@ -86,14 +86,20 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 .PHONY: lint
 
-# The accuracy table (docs/accuracy.md): DER on a labelled folder (default: the shared dev set, read in
-# place), without the recurring-reader pair the targets leave out (EXCLUDE=... to change).
-DEVSET ?= ../shared/data/devset
+# The accuracy tables (docs/accuracy.md): DER of both profiles with the speaker count estimated and
+# given (each reference's own), live at each latency and the report, on each labelled folder of
+# the shared data (read in place), without the recurring-reader pair the targets leave out.
+DATA ?= ../shared/data
+DEVSET ?= $(DATA)/devset
+ACCURACY_SETS ?= $(DEVSET) $(DATA)/devset-hard/far $(DATA)/devset-hard/phone $(DATA)/devset-hard/noisy $(DATA)/real
 EXCLUDE ?= --exclude dev09 --exclude dev10
+EVAL_ROWS := --num-speakers none,oracle --labels live,report
 accuracy: setup
-	@for latency in 0.5 1 5; do $(VENV)/bin/speakerflow eval $(DEVSET) $(EXCLUDE) --profile accurate --latency $$latency; echo; done
-	$(VENV)/bin/speakerflow eval $(DEVSET) $(EXCLUDE) --profile accurate --report; echo
-	$(VENV)/bin/speakerflow eval $(DEVSET) $(EXCLUDE) --profile fast; echo
+	@for set in $(ACCURACY_SETS); do \
+	  echo "== $$set"; \
+	  $(VENV)/bin/speakerflow eval $$set $(EXCLUDE) --profile accurate --latency 0.5,1,5 $(EVAL_ROWS) || exit 1; echo; \
+	  $(VENV)/bin/speakerflow eval $$set $(EXCLUDE) --profile fast $(EVAL_ROWS) || exit 1; echo; \
+	done
 	$(VENV)/bin/speakerflow benchmark $(DEVSET)/audio/dev01.flac --stages --profile accurate
 	$(VENV)/bin/speakerflow benchmark $(DEVSET)/audio/dev01.flac --stages --profile fast
 .PHONY: accuracy

@@ -8,12 +8,16 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PROFILES
+from pipeline.config import PROFILES, Profile
 from pipeline.export import FORMATS
 from pipeline.settings import Settings
 from pipeline.stages.base import STAGES
 from topics import SessionReport
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.der import Condition
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -156,24 +160,76 @@ def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.config import load_profile
-    from pipeline.evaluation.der import EvaluationError, evaluate, format_summary, with_latency
+    from pipeline.evaluation.der import (
+        EvaluationError,
+        conditions,
+        evaluate_conditions,
+        format_summary,
+        format_table,
+        parse_count,
+    )
 
+    through = args.through is not None
+    if not through and (args.speed is not None or args.concurrency is not None):
+        raise SystemExit("speakerflow eval: --speed and --concurrency pace sessions streamed --through a stack")
     try:
-        profile = with_latency(load_profile(args.profile), args.latency)
-        summary = evaluate(
+        # Through a stack, the profile is the stack's: by default the one SPEAKERFLOW_PROFILE names, as `up` reads it.
+        profile = load_profile(args.profile or (settings.profile if through else "accurate"))
+        rows = conditions(
+            profile,
+            latencies=tuple(float(x) for x in _listed(args.latency)),
+            counts=tuple(parse_count(x) for x in _listed(args.num_speakers or "none")),
+            labels=("report",) if args.report else tuple(_listed(args.labels)),
+        )
+        if not rows:
+            raise EvaluationError("--labels takes live, report or both (live,report)")
+        if through:
+            summaries = _eval_through(args, settings, profile, rows)
+        else:
+            summaries = evaluate_conditions(
+                args.dir, profile, rows, collar=args.collar, rttm_out=args.rttm_out, exclude=tuple(args.exclude)
+            )
+    except (EvaluationError, ValueError) as exc:
+        raise SystemExit(f"speakerflow eval: {exc}") from None
+    print(format_summary(summaries[0]) if len(summaries) == 1 else format_table(summaries))
+    if args.json is not None:
+        args.json.write_text(json.dumps(summaries[0] if len(summaries) == 1 else {"conditions": summaries}, indent=2))
+    return 0
+
+
+def _eval_through(args: argparse.Namespace, settings: Settings, profile: Profile, rows: list[Condition]) -> list[dict]:
+    """`eval --through`: the recordings streamed through a running stack's gateway, its labels scored."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from pipeline.evaluation.served import evaluate_served
+    from pipeline.gateway.protocol import session_url
+    from pipeline.producers.gateway_client import GatewaySessionError
+
+    url = args.through or session_url(settings.gateway_host, settings.gateway_port)
+    try:
+        return evaluate_served(
             args.dir,
             profile,
+            rows,
+            url,
+            settings.kafka,
+            speed=1.0 if args.speed is None else args.speed,
+            concurrency=4 if args.concurrency is None else args.concurrency,
             collar=args.collar,
-            use_report=args.report,
             rttm_out=args.rttm_out,
             exclude=tuple(args.exclude),
         )
-    except EvaluationError as exc:
+    except KafkaConnectionError:
+        raise SystemExit(f"speakerflow eval: cannot reach Kafka at {settings.kafka} (SPEAKERFLOW_KAFKA)") from None
+    except GatewaySessionError as exc:
         raise SystemExit(f"speakerflow eval: {exc}") from None
-    print(format_summary(summary))
-    if args.json is not None:
-        args.json.write_text(json.dumps(summary, indent=2))
-    return 0
+    except OSError as exc:
+        raise SystemExit(f"speakerflow eval: cannot reach the gateway at {url}: {exc}") from None
+
+
+def _listed(text: str | None) -> list[str]:
+    """A comma-separated option's values."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
@@ -268,29 +324,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser(
         "eval",
-        help="diarization error (DER, JER) of the stages, in-process, on labelled recordings",
+        help="diarization error (DER, JER) of the stages, in-process or as a running stack serves them",
         description="Run every WAV/FLAC under DIR that has an RTTM of the same name (and a UEM, if any) through "
         "the profile's stages in one process, as fast as the CPU allows, and score the labels with pyannote.metrics "
-        "(overlapped speech scored).",
+        "(overlapped speech scored). Several latencies, counts or labels are scored from one segment+embed pass "
+        "per recording and printed as one pooled row each. "
+        "With --through, stream every recording instead through a running stack's gateway as a live session, "
+        "as a client does (several at once, see --speed and --concurrency), and score what the clients are served "
+        "the same way: the live labels are the spans of the session's speaker updates, read from the stack's "
+        "updates topic (SPEAKERFLOW_KAFKA), and the report is the report event the client receives. Each speaker "
+        "count is then one session per recording, and the latency is the one the stack's profile runs.",
     )
     evaluation.add_argument("dir", type=Path, help="folder searched recursively for audio, RTTM and UEM files")
     evaluation.add_argument(
-        "--profile", choices=PROFILES, default="accurate", help="stage chain to score (default accurate)"
+        "--profile",
+        choices=PROFILES,
+        help="stage chain to score (default accurate); with --through, the one the stack runs "
+        "(default SPEAKERFLOW_PROFILE, as `speakerflow up` reads it)",
     )
     evaluation.add_argument(
-        "--latency", type=float, help="seconds labels trail the audio (accurate profile; default from the profile)"
+        "--latency",
+        help="seconds live labels trail the audio, or several comma-separated (accurate profile: 0.5 to 5; "
+        "default: the profile's)",
+    )
+    evaluation.add_argument(
+        "--num-speakers",
+        metavar="COUNT",
+        help="the speaker count each session is given: none (estimated, the default), oracle (each reference's "
+        "own count), a number, or several comma-separated (none,oracle)",
+    )
+    evaluation.add_argument(
+        "--labels",
+        default="live",
+        help="what to score: live (the speaker updates' spans), report (the final report), or live,report",
     )
     evaluation.add_argument(
         "--collar", type=float, default=0.25, help="total forgiveness around reference boundaries (default 0.25 s)"
     )
     evaluation.add_argument(
-        "--report", action="store_true", help="score the final re-clustered report instead of the live labels"
+        "--report", action="store_true", help="score the final re-clustered report only (= --labels report)"
     )
     evaluation.add_argument("--rttm-out", type=Path, help="write one hypothesis RTTM per recording here")
     evaluation.add_argument("--json", type=Path, help="write the scores as JSON here")
     evaluation.add_argument(
         "--exclude", action="append", default=[], metavar="URI", help="leave this recording out (repeatable)"
     )
+    evaluation.add_argument(
+        "--through",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="score a running stack: its gateway's session URL, e.g. ws://127.0.0.1:8000/ws/session "
+        "(default from SPEAKERFLOW_GATEWAY_HOST/PORT); --latency, if given, must be its profile's",
+    )
+    evaluation.add_argument(
+        "--speed",
+        type=float,
+        help="with --through: send audio this many times faster than real time (default 1, real time; "
+        "0: as fast as possible)",
+    )
+    evaluation.add_argument("--concurrency", type=int, help="with --through: sessions streamed at once (default 4)")
     evaluation.set_defaults(run=_eval)
 
     export = commands.add_parser(

@@ -156,6 +156,8 @@ class Profile:
 
     def with_latency(self, latency_s: float) -> Profile:
         """This profile with labels `latency_s` behind the audio (accurate chain only: between one step and one window)."""
+        if latency_s == self.latency_s:
+            return self
         if not self.overlap_aware:
             raise ValueError(
                 "the latency is configurable in the accurate profile only; the fast one labels each step 0.5 s after it ends"

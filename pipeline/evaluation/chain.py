@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.config import Profile
 from pipeline.producers.chunking import CHUNK_SAMPLES, session_records
-from pipeline.stages.base import STAGES, ClusterOutput
+from pipeline.stages.base import STAGES, ClusterOutput, ClusterStage
 from pipeline.stages.chains import build_chain
 from topics.messages import AudioChunk, BusMessage, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
 
@@ -41,22 +41,48 @@ class InProcessChain:
     def run(self, pcm: np.ndarray, start: SessionStart, chunk_samples: int = CHUNK_SAMPLES) -> ChainResult:
         """Stream int16 PCM through the segment, embed and cluster stages in chunks."""
         result = ChainResult()
+        return self.cluster_stream(self.embedded_stream(pcm, start, chunk_samples, result), start, result=result)
+
+    def embedded_stream(
+        self,
+        pcm: np.ndarray,
+        start: SessionStart,
+        chunk_samples: int = CHUNK_SAMPLES,
+        result: ChainResult | None = None,
+    ) -> list[BusMessage]:
+        """What the cluster stage receives for this recording: the segment and embed stages' part, done once.
+
+        Neither stage looks at the speaker count or the label latency, so one stream serves
+        every cluster stage and every count scored on the recording. Their CPU time goes to `result`.
+        """
+        result = result if result is not None else ChainResult()
         segment_state = self.segment.start(start)
-        cluster_state = self.cluster.start(start)
+        stream: list[BusMessage] = []
         for message in session_records(pcm, start, chunk_samples):
             if isinstance(message, AudioChunk):
                 segmented = self._timed(result, "segment", self.segment.push, segment_state, message, 0)
             else:
                 segmented = self._timed(result, "segment", self.segment.finish, segment_state, message)
-            for embedded in self._embed(result, segmented):
-                if isinstance(embedded, self.cluster.input_type):
-                    outputs = self._timed(result, "cluster", self.cluster.push, cluster_state, embedded)
-                elif isinstance(embedded, SessionStop):
-                    outputs = self._timed(result, "cluster", self.cluster.finish, cluster_state, embedded)
-                else:
-                    continue
-                for output in outputs:
-                    self._record(result, output)
+            stream += [
+                m for m in self._embed(result, segmented) if isinstance(m, self.cluster.input_type | SessionStop)
+            ]
+        return stream
+
+    def cluster_stream(
+        self,
+        stream: list[BusMessage],
+        start: SessionStart,
+        cluster: ClusterStage[Any] | None = None,
+        result: ChainResult | None = None,
+    ) -> ChainResult:
+        """The cluster stage's outputs over an embedded stream (this chain's cluster stage, or another of its role)."""
+        cluster = cluster or self.cluster
+        result = result if result is not None else ChainResult()
+        state = cluster.start(start)
+        for message in stream:
+            call = cluster.finish if isinstance(message, SessionStop) else cluster.push
+            for output in self._timed(result, "cluster", call, state, message):
+                self._record(result, output)
         return result
 
     def _embed(self, result: ChainResult, messages: list[BusMessage]) -> list[BusMessage]:

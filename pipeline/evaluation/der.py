@@ -11,7 +11,7 @@ overlapped speech scored and the collar as given, per file and pooled.
 from __future__ import annotations
 
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +120,156 @@ def _components(der_components: dict, jer: float, der_no_collar: float) -> dict[
     }
 
 
+COUNT_MODES = ("none", "oracle")
+
+
+def parse_count(text: str) -> str:
+    """A `--num-speakers` value: none (estimated), oracle (each reference's own count) or a number."""
+    if text in COUNT_MODES or (text.isdigit() and int(text) >= 1):
+        return text
+    raise EvaluationError(f"--num-speakers takes none, oracle or a positive number, not {text!r}")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of scoring: which labels (live or the report), at which latency, with which speaker count."""
+
+    labels: str  # "live" | "report"
+    latency_s: float  # the live labels' latency (the report is settled at full context whatever it is)
+    count: str  # COUNT_MODES or a number
+
+    @property
+    def name(self) -> str:
+        latency = "" if self.labels == "report" else f"@{self.latency_s:g}s"
+        return f"{self.labels}{latency} count={self.count}"
+
+    def num_speakers(self, reference: list[RttmTurn]) -> int | None:
+        if self.count == "none":
+            return None
+        if self.count == "oracle":
+            return len({turn.speaker for turn in reference})
+        return int(self.count)
+
+
+class Scoreboard:
+    """DER (collared and collar-free) and JER of one condition, per file and pooled."""
+
+    def __init__(self, condition: Condition, collar: float) -> None:
+        from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
+
+        self.condition = condition
+        self.collar = collar
+        self.der = DiarizationErrorRate(collar=collar, skip_overlap=False)
+        self.exact = DiarizationErrorRate(collar=0.0, skip_overlap=False)  # the collar-free figure, always reported
+        self.jer = JaccardErrorRate(collar=collar, skip_overlap=False)
+        self.files: dict[str, dict] = {}
+        self.compute_s = 0.0
+        self.audio_s = 0.0
+
+    def add(self, recording: Recording, duration_s: float, spans: list[LabeledSpan], rttm_out: Path | None = None):
+        hypothesis = hypothesis_annotation(recording.uri, spans)
+        if rttm_out is not None:
+            write_rttm(rttm_out / f"{recording.uri}.rttm", recording.uri, annotation_turns(hypothesis))
+        reference = annotation(recording.uri, read_rttm(recording.rttm))
+        uem = read_uem(recording.uem, duration_s)
+        components = self.der(reference, hypothesis, uem=uem, detailed=True)
+        jer = self.jer(reference, hypothesis, uem=uem)
+        exact = self.exact(reference, hypothesis, uem=uem)
+        self.files[recording.uri] = _components(components, jer, exact) | {
+            "speakers": len(reference.labels()),
+            "speakers_found": len(hypothesis.labels()),
+        }
+        self.audio_s += duration_s
+
+    def summary(self, profile: Profile) -> dict:
+        pooled = _components(
+            {k: self.der.accumulated_[k] for k in ("total", "missed detection", "false alarm", "confusion")},
+            abs(self.jer),
+            abs(self.exact),
+        )
+        return {
+            "pooled": pooled,
+            "files": self.files,
+            "profile": profile.name,
+            "latency": self.condition.latency_s,
+            "collar": self.collar,
+            "labels": self.condition.labels,
+            "num_speakers": self.condition.count,
+            "speakers_exact": sum(f["speakers_found"] == f["speakers"] for f in self.files.values()),
+            "compute_per_audio_s": self.compute_s / max(self.audio_s, 1e-9),
+        }
+
+
+def conditions(
+    profile: Profile, latencies: tuple[float, ...] = (), counts: tuple[str, ...] = ("none",), labels=("live",)
+) -> list[Condition]:
+    """Every combination asked for: the live labels at each latency, the report once, for each count."""
+    latencies = latencies or (profile.latency_s,)
+    for latency in latencies:
+        with_latency(profile, latency)  # refuses a latency the profile cannot take
+    rows = []
+    for count in counts:
+        rows += [Condition("live", latency, count) for latency in latencies] if "live" in labels else []
+        rows += [Condition("report", profile.latency_s, count)] if "report" in labels else []
+    return rows
+
+
+def evaluate_conditions(
+    root: Path,
+    profile: Profile,
+    rows: list[Condition],
+    collar: float = 0.25,
+    rttm_out: Path | None = None,
+    progress: bool = True,
+    exclude: tuple[str, ...] = (),
+    on_result: Callable[[Recording, Condition, ChainResult], None] | None = None,
+) -> list[dict]:
+    """Score every labelled recording under `root` under each condition; one JSON-ready summary per condition.
+
+    The segment and embed stages run once per recording (`InProcessChain.embedded_stream`); only
+    the cluster stage, which holds the latency and the count, runs once per condition. `on_result`
+    sees each recording's outputs under each condition (the updates, turns and report scored).
+    """
+    from tqdm import tqdm
+
+    from pipeline.stages.chains import build_cluster
+
+    recordings = find_recordings(root, exclude)
+    chain = InProcessChain(profile)
+    clusters = {latency: build_cluster(with_latency(profile, latency)) for latency in {r.latency_s for r in rows}}
+    boards = [Scoreboard(row, collar) for row in rows]
+    outs = {row: rttm_dir(rttm_out, row, len(rows)) for row in rows}
+    bar = tqdm(recordings, desc=f"eval {profile.name}", unit="file", disable=not progress, file=sys.stderr)
+    for recording in bar:
+        pcm = load_pcm16(recording.audio)
+        duration_s = len(pcm) / SAMPLE_RATE
+        reference = read_rttm(recording.rttm)
+        shared = ChainResult()
+        stream = chain.embedded_stream(pcm, SessionStart(session_id=f"eval-{recording.uri}"), result=shared)
+        shared_s = shared.cpu_s["segment"] + shared.cpu_s["embed"]
+        for board in boards:
+            row = board.condition
+            start = SessionStart(session_id=f"eval-{recording.uri}", num_speakers=row.num_speakers(reference))
+            result = chain.cluster_stream(stream, start, clusters[row.latency_s])
+            board.compute_s += shared_s + result.cpu_s["cluster"]
+            if on_result is not None:
+                on_result(recording, row, result)
+            board.add(
+                recording, duration_s, report_spans(result) if row.labels == "report" else live_spans(result), outs[row]
+            )
+        bar.set_postfix(der=f"{100 * abs(boards[0].der):.1f}%")
+    return [board.summary(profile) for board in boards]
+
+
+def rttm_dir(root: Path | None, row: Condition, rows: int) -> Path | None:
+    """Where a condition's hypothesis RTTMs go: `root` itself for one condition, a folder per condition under it for several."""
+    if root is None:
+        return None
+    folder = root if rows == 1 else root / row.name.replace(" ", "_").replace("=", "-").replace("@", "-")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def evaluate(
     root: Path,
     profile: Profile,
@@ -128,71 +278,58 @@ def evaluate(
     rttm_out: Path | None = None,
     progress: bool = True,
     exclude: tuple[str, ...] = (),
+    count: str = "none",
 ) -> dict:
-    """Score every labelled recording under `root`; returns the JSON-ready summary."""
-    from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
-    from tqdm import tqdm
-
-    recordings = find_recordings(root, exclude)
-    chain = InProcessChain(profile)
-    der_metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
-    exact_metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)  # the collar-free figure, always reported
-    jer_metric = JaccardErrorRate(collar=collar, skip_overlap=False)
-    if rttm_out is not None:
-        rttm_out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, dict] = {}
-    audio_s = compute_s = 0.0
-    bar = tqdm(recordings, desc=f"eval {profile.name}", unit="file", disable=not progress, file=sys.stderr)
-    for recording in bar:
-        pcm = load_pcm16(recording.audio)
-        began = time.process_time()
-        result = chain.run(pcm, SessionStart(session_id=f"eval-{recording.uri}"))
-        compute_s += time.process_time() - began
-        duration_s = len(pcm) / SAMPLE_RATE
-        audio_s += duration_s
-        hypothesis = hypothesis_annotation(recording.uri, report_spans(result) if use_report else live_spans(result))
-        if rttm_out is not None:
-            write_rttm(rttm_out / f"{recording.uri}.rttm", recording.uri, annotation_turns(hypothesis))
-        reference = annotation(recording.uri, read_rttm(recording.rttm))
-        uem = read_uem(recording.uem, duration_s)
-        components = der_metric(reference, hypothesis, uem=uem, detailed=True)
-        jer = jer_metric(reference, hypothesis, uem=uem)
-        exact = exact_metric(reference, hypothesis, uem=uem)
-        files[recording.uri] = _components(components, jer, exact) | {
-            "speakers": len(reference.labels()),
-            "speakers_found": len(hypothesis.labels()),
-        }
-        bar.set_postfix(der=f"{100 * abs(der_metric):.1f}%")
-    pooled = _components(
-        {k: der_metric.accumulated_[k] for k in ("total", "missed detection", "false alarm", "confusion")},
-        abs(jer_metric),
-        abs(exact_metric),
-    )
-    return {
-        "pooled": pooled,
-        "files": files,
-        "profile": profile.name,
-        "latency": profile.latency_s,
-        "collar": collar,
-        "labels": "report" if use_report else "live",
-        "compute_per_audio_s": compute_s / max(audio_s, 1e-9),
-    }
+    """Score every labelled recording under `root` one way (the profile's latency); returns the JSON-ready summary."""
+    row = Condition("report" if use_report else "live", profile.latency_s, count)
+    (summary,) = evaluate_conditions(root, profile, [row], collar, rttm_out, progress, exclude)
+    return summary
 
 
 def format_summary(summary: dict) -> str:
+    """One condition, file by file."""
     header = f"{'file':<12} {'DER':>7} {'JER':>7} {'missed':>7} {'FA':>7} {'conf':>7} {'DER@0':>7}  speakers"
     lines = [
-        f"profile {summary['profile']}, {summary['labels']} labels, latency {summary['latency']:g} s, collar {summary['collar']:g} s",
+        f"profile {summary['profile']}, {summary['labels']} labels, latency {summary['latency']:g} s, "
+        f"speaker count {summary['num_speakers']}, collar {summary['collar']:g} s",
         header,
     ]
-
-    def row(name: str, r: dict, speakers: str = "") -> str:
-        cells = [100 * r[k] for k in ("der", "jer", "missed", "false_alarm", "confusion", "der_no_collar")]
-        return f"{name:<12} " + " ".join(f"{c:6.2f}%" for c in cells) + f"  {speakers}"
-
     for uri, r in summary["files"].items():
-        lines.append(row(uri, r, f"{r['speakers_found']}/{r['speakers']}"))
-    lines.append(row("pooled", summary["pooled"]))
+        lines.append(_row(uri, r, f"{r['speakers_found']}/{r['speakers']}"))
+    lines.append(_row("pooled", summary["pooled"]))
     lines.append("DER@0: the same labels scored with no collar")
-    lines.append(f"compute: {summary['compute_per_audio_s']:.3f} s per second of audio (CPU time, this process)")
+    if "served" in summary:
+        lines.append(served_line(summary["served"]))
+    else:
+        lines.append(f"compute: {summary['compute_per_audio_s']:.3f} s per second of audio (CPU time, this process)")
     return "\n".join(lines)
+
+
+def format_table(summaries: list[dict]) -> str:
+    """Several conditions, pooled: one row each."""
+    first = summaries[0]
+    lines = [
+        f"profile {first['profile']}, {len(first['files'])} recordings pooled, collar {first['collar']:g} s",
+        f"{'labels':<22} {'DER':>7} {'JER':>7} {'missed':>7} {'FA':>7} {'conf':>7} {'DER@0':>7}  speakers exact",
+    ]
+    for summary in summaries:
+        name = Condition(summary["labels"], summary["latency"], summary["num_speakers"]).name
+        exact = f"{summary['speakers_exact']}/{len(summary['files'])}"
+        lines.append(_row(name, summary["pooled"], exact, width=22))
+    if "served" in first:
+        lines.append(served_line(first["served"]))
+    return "\n".join(lines)
+
+
+def served_line(served: dict) -> str:
+    """How labels scored through a stack were served (`pipeline.evaluation.served`)."""
+    pace = "as fast as possible" if served["speed"] == 0 else f"at {served['speed']:g}x real time"
+    return (
+        f"served by {served['url']}: {served['concurrency']} sessions at once, {pace}, "
+        f"{served['wall_s']:.0f} s wall time"
+    )
+
+
+def _row(name: str, r: dict, speakers: str = "", width: int = 12) -> str:
+    cells = [100 * r[k] for k in ("der", "jer", "missed", "false_alarm", "confusion", "der_no_collar")]
+    return f"{name:<{width}} " + " ".join(f"{c:6.2f}%" for c in cells) + f"  {speakers}"

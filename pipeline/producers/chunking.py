@@ -48,13 +48,19 @@ def session_records(
 
 
 class Pacer:
-    """Holds audio back until it would have been spoken, counting from the pacer's creation; idle unless realtime."""
+    """Holds audio back until it would have been spoken, counting from the pacer's creation; idle unless realtime.
 
-    def __init__(self, realtime: bool) -> None:
+    At `speed` 2 a second of audio is due every half second.
+    """
+
+    def __init__(self, realtime: bool, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, not {speed}")
         self.realtime = realtime
+        self.speed = speed
         self.started = time.monotonic()
 
     async def wait(self, offset: int) -> None:
         """Return once the sample at `offset` is due."""
         if self.realtime:
-            await asyncio.sleep(max(0.0, self.started + offset / SAMPLE_RATE - time.monotonic()))
+            await asyncio.sleep(max(0.0, self.started + offset / SAMPLE_RATE / self.speed - time.monotonic()))

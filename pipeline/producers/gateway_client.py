@@ -28,10 +28,12 @@ async def stream_session(
     on_event: Callable[[dict], None] | None = None,
     report_timeout_s: float = 120.0,
     session_id: str | None = None,
+    speed: float = 1.0,
 ) -> dict:
     """Run one session over `url` (ws://HOST:PORT/ws/session); return the report event.
 
-    Without `session_id` the gateway picks one. An error event fails the session.
+    Without `session_id` the gateway picks one. In real time, `speed` times as fast as spoken.
+    An error event fails the session.
     """
     async with websockets.connect(url, max_size=2**22) as socket:
         start: dict = {"action": "start"}
@@ -60,7 +62,7 @@ async def stream_session(
 
         receiver = asyncio.create_task(receive())
         try:
-            pacer = Pacer(realtime)
+            pacer = Pacer(realtime, speed)
             for frame in pcm_frames(pcm, chunk_samples):
                 await pacer.wait(frame.offset)
                 await socket.send(frame.pcm)

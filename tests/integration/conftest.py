@@ -45,12 +45,12 @@ def local_stack(
 ) -> Callable[..., contextlib.AbstractContextManager[Stack]]:
     """Runs a whole stack (workers, and a gateway on a free port) on the session's broker for a `with` block.
 
-    `options` go to Stack, e.g. `workers={"segment": 2, ...}`.
+    Its workers run `profile`; `options` go to Stack, e.g. `workers={"segment": 2, ...}`.
     """
 
     @contextlib.contextmanager
-    def run(name: str, report_timeout_s: float, **options: Any) -> Iterator[Stack]:
-        settings = Settings(gateway_port=free_port(), report_timeout_s=report_timeout_s)
+    def run(name: str, report_timeout_s: float, profile: str = Settings.profile, **options: Any) -> Iterator[Stack]:
+        settings = Settings(gateway_port=free_port(), report_timeout_s=report_timeout_s, profile=profile)
         with Stack(tmp_path_factory.mktemp(name), settings, bootstrap=bootstrap, **options) as running:
             yield running
 

@@ -8,7 +8,15 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_profile
-from pipeline.evaluation.der import EvaluationError, evaluate, find_recordings, with_latency
+from pipeline.evaluation.der import (
+    EvaluationError,
+    conditions,
+    evaluate,
+    evaluate_conditions,
+    find_recordings,
+    parse_count,
+    with_latency,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +55,8 @@ def test_latency_is_bounded_by_step_and_window():
     with pytest.raises(EvaluationError):
         with_latency(accurate, 0.1)
     with pytest.raises(EvaluationError, match="accurate"):
-        with_latency(load_profile("fast"), 1.0)
+        with_latency(load_profile("fast"), 2.0)
+    assert with_latency(load_profile("fast"), 1.0) == load_profile("fast")  # its own latency
 
 
 @pytest.mark.parametrize("profile, use_report", [("fast", False), ("accurate", False), ("accurate", True)])
@@ -84,3 +93,41 @@ def test_cli_writes_json_summary(corpus, tmp_path, capsys):
     row = next(line for line in printed if line.startswith("talk "))
     assert f"{100 * talk['der']:6.2f}%" in row and row.endswith(" 2/2")
     assert any(line.startswith("pooled ") for line in printed)
+
+
+def test_one_pass_scores_every_condition_as_separate_runs_would(corpus):
+    accurate = load_profile("accurate")
+    rows = conditions(accurate, latencies=(1.0, 5.0), counts=("none", "oracle"), labels=("live", "report"))
+    assert [r.name for r in rows] == [
+        "live@1s count=none",
+        "live@5s count=none",
+        "report count=none",
+        "live@1s count=oracle",
+        "live@5s count=oracle",
+        "report count=oracle",
+    ]
+    summaries = evaluate_conditions(corpus, accurate, rows, progress=False)
+    alone = evaluate(corpus, with_latency(accurate, 5.0), progress=False)
+    assert summaries[1]["pooled"] == alone["pooled"]
+    alone = evaluate(corpus, accurate, use_report=True, count="oracle", progress=False)
+    assert summaries[5]["pooled"] == alone["pooled"]
+    # oracle: the session is told the reference's own count (two voices).
+    assert [s["num_speakers"] for s in summaries] == ["none"] * 3 + ["oracle"] * 3
+    assert all(s["files"]["talk"]["speakers_found"] == 2 for s in summaries[3:])
+
+
+def test_counts_are_none_oracle_or_a_number():
+    assert [parse_count(c) for c in ("none", "oracle", "3")] == ["none", "oracle", "3"]
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(EvaluationError):
+            parse_count(bad)
+
+
+def test_cli_prints_one_pooled_row_per_condition(corpus, tmp_path, capsys):
+    out = tmp_path / "grid.json"
+    args = ["eval", str(corpus), "--profile", "fast", "--num-speakers", "none,2", "--labels", "live,report"]
+    assert main([*args, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    names = ["live@1s count=none", "report count=none", "live@1s count=2", "report count=2"]
+    assert [line.split("  ")[0].strip() for line in printed[2:]] == names
+    assert [s["num_speakers"] for s in json.loads(out.read_text())["conditions"]] == ["none", "none", "2", "2"]
