@@ -77,8 +77,9 @@ async def tail_consumer(bootstrap: str, specs: Iterable[TopicSpec]) -> AIOKafkaC
     sessions' results and keeps those it serves, so any number can run at once.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        # A failed start (no broker) still leaves a client to close.
+        await consumer.start()
         # Topics are created from their declarations, so the declared partition count is the real one.
         partitions = [TopicPartition(spec.name, p) for spec in specs for p in range(spec.partitions)]
         consumer.assign(partitions)
