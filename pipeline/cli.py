@@ -69,19 +69,30 @@ def _print_report(report: SessionReport, reference: Path | None) -> None:
         print(format_table(compare(read_rttm(reference), report)))
 
 
+def _speaker_counts(args: argparse.Namespace) -> dict[str, int]:
+    """The --num-speakers, --min-speakers and --max-speakers given, checked as the gateway checks a start."""
+    from pipeline.gateway.protocol import ProtocolError, speaker_counts
+
+    try:
+        return speaker_counts(args.num_speakers, args.min_speakers, args.max_speakers)
+    except ProtocolError as exc:
+        raise SystemExit(f"speakerflow {args.command}: {exc.message}") from None
+
+
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.producers.replay import replay
 
+    counts = _speaker_counts(args)
     pcm = _load(args.file)
     report = asyncio.run(
         replay(
             pcm,
             settings.kafka,
             session_id=args.session,
-            num_speakers=args.num_speakers,
             realtime=args.realtime,
             wait_report_s=None if args.no_wait else settings.report_timeout_s,
             progress=sys.stderr.isatty(),
+            **counts,
         )
     )
     if report is not None:
@@ -96,16 +107,11 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.gateway.protocol import session_url
     from pipeline.producers.gateway_client import LiveView, report_from_event, stream_session
 
+    counts = _speaker_counts(args)
     pcm = _load(args.file)
     url = args.url or session_url(settings.gateway_host, settings.gateway_port)
     event = asyncio.run(
-        stream_session(
-            url,
-            pcm,
-            num_speakers=args.num_speakers,
-            realtime=not args.fast,
-            on_event=None if args.quiet else LiveView(),
-        )
+        stream_session(url, pcm, realtime=not args.fast, on_event=None if args.quiet else LiveView(), **counts)
     )
     print()
     if args.json:
@@ -147,7 +153,8 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from pipeline.devstack.stack_benchmark import run_benchmark
 
-    print(run_benchmark(_load(args.file), args.sessions, args.num_speakers, settings))
+    counts = _speaker_counts(args)
+    print(run_benchmark(_load(args.file), args.sessions, settings, counts))
     return 0
 
 
@@ -251,6 +258,19 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_speaker_counts(command: argparse.ArgumentParser, whose: str = "the session") -> None:
+    """--num-speakers, or bounds on the estimate: the start action's counts (pipeline.gateway.protocol)."""
+    command.add_argument(
+        "--num-speakers", type=int, metavar="N", help=f"speakers {whose} has, if known (default: estimated)"
+    )
+    command.add_argument(
+        "--min-speakers", type=int, metavar="N", help="with the count estimated, at least this many (default 1)"
+    )
+    command.add_argument(
+        "--max-speakers", type=int, metavar="N", help="with the count estimated, at most this many (default 20)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerflow",
@@ -275,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path, help="any sample rate or channel count; resampled to 16 kHz mono")
     replay.add_argument("--session", help="session id (default: a new random id)")
     replay.add_argument("--realtime", action="store_true", help="pace the audio as if it were live")
-    replay.add_argument("--num-speakers", type=int, help="speakers to track, if known (default: estimated)")
+    _add_speaker_counts(replay)
     replay.add_argument("--no-wait", action="store_true", help="do not wait for the session report")
     replay.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -284,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream = commands.add_parser("stream", help="stream a WAV/FLAC through the gateway's WebSocket as a live session")
     stream.add_argument("file", type=Path)
     stream.add_argument("--url", help="gateway session URL (default from SPEAKERFLOW_GATEWAY_HOST/PORT)")
-    stream.add_argument("--num-speakers", type=int, help="speakers to track, if known (default: estimated)")
+    _add_speaker_counts(stream)
     stream.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     stream.add_argument("--quiet", action="store_true", help="do not print live updates")
     stream.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
@@ -301,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("file", type=Path)
     bench.add_argument("--sessions", type=int, default=1)
-    bench.add_argument("--num-speakers", type=int, help="speakers per session, if known (default: estimated)")
+    _add_speaker_counts(bench, whose="each session")
     bench.add_argument(
         "--stages",
         action="store_true",

@@ -58,6 +58,13 @@ class ClusteringConfig:
     update_similarity: float = 0.75
     # A turn survives silences up to this long; a longer one closes it.
     max_turn_gap_s: float = 1.0
+    # Past the speaker limit, a voice unlike every speaker is provisional (clients never see it); after
+    # this many steps (2 s of speech) the session merges its cheapest pair, which may free an id for it.
+    provisional_min_steps: int = 4
+    # Provisional voices open at once; beyond them a new voice joins the most alike.
+    max_provisional: int = 2
+    # The report gives the session's speech to the final speakers in pieces of at most this many steps.
+    report_piece_steps: int = 2
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,11 @@ class OverlapClusteringConfig:
     merge_distance: float | None = 0.35
     # Only tracks with this much activity in the window move a centroid.
     update_min_activity_s: float = 0.8
+    # Two tracks of a window are two voices (never one speaker) when both are at least this active
+    # together for this long. Looser, and the segmentation's second slot for one reverberant or
+    # band-limited voice (a split voice, shared activity mostly under 0.6) would count as an overlap.
+    co_active_threshold: float = 0.6
+    co_active_min_s: float = 0.1
     # Labels trail the newest audio by this much; more latency, more windows agree on each frame.
     latency_s: float = 1.0
     # Hysteresis on the aggregated activity: speech starts at `onset`, ends below `offset`.

@@ -27,7 +27,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_benchmark(pcm: np.ndarray, sessions: int, num_speakers: int, settings: Settings) -> str:
+def run_benchmark(pcm: np.ndarray, sessions: int, settings: Settings, counts: dict[str, int] | None = None) -> str:
+    """`counts`: the speaker counts each session starts with (`pipeline.gateway.protocol.speaker_counts`)."""
     audio_s = len(pcm) / SAMPLE_RATE
     with tempfile.TemporaryDirectory(prefix="speakerflow-bench-") as run_dir, Stack(Path(run_dir), settings) as stack:
         url = stack.session_url
@@ -38,7 +39,7 @@ def run_benchmark(pcm: np.ndarray, sessions: int, num_speakers: int, settings: S
 
         async def all_sessions():
             return await asyncio.gather(
-                *[stream_session(url, pcm, num_speakers=num_speakers, realtime=True) for _ in range(sessions)]
+                *[stream_session(url, pcm, realtime=True, **(counts or {})) for _ in range(sessions)]
             )
 
         asyncio.run(all_sessions())

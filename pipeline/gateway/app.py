@@ -163,9 +163,10 @@ class _SessionSocket:
         self.state.commit(start)
         self._subscription = subscription
         log.info(
-            "session %s started (num_speakers=%s, max_speakers=%d)",
+            "session %s started (num_speakers=%s, min_speakers=%d, max_speakers=%d)",
             start.session_id,
             start.num_speakers,
+            start.min_speakers,
             start.max_speakers,
         )
         await self._send(StartedEvent(num_speakers=start.num_speakers, session_id=start.session_id))

@@ -7,11 +7,21 @@ here can be tested without a socket or a broker.
 
 Client actions (text frames)::
 
-    {"action": "start", "num_speakers": 2, "max_speakers": 20, "session_id": "..."}  (all but action optional;
-    without num_speakers the count is estimated, up to max_speakers)
+    {"action": "start", "num_speakers": 2, "session_id": "..."}          the count is known
+    {"action": "start", "min_speakers": 2, "max_speakers": 4}             the count is estimated within bounds
     {"action": "stop"}
 
-plus binary frames of PCM s16le, 16 kHz, mono.
+plus binary frames of PCM s16le, 16 kHz, mono. Every field of a start but `action` is optional.
+The speaker counts follow pyannote's pipelines:
+
+- `num_speakers` (1-64): exactly this many speakers; voices beyond them are left unlabelled.
+  Omitted or null: the count is estimated.
+- `min_speakers`, `max_speakers` (1-64, `min_speakers` <= `max_speakers`): bounds on the estimated
+  count; omitted or null, 1 and 20. Given with `num_speakers`, a bound must hold it
+  (`min_speakers` <= `num_speakers` <= `max_speakers`); a bound omitted then is `num_speakers` itself.
+
+A start that breaks these rules (a count out of 1-64, bounds crossed, a count outside its bounds,
+a count that is not an integer) is refused with `invalid_start`, naming the field.
 
 Server events (text frames)::
 
@@ -68,6 +78,7 @@ __all__ = [
     "result_event",
     "session_url",
     "events_url",
+    "speaker_counts",
 ]
 
 
@@ -127,18 +138,47 @@ class StartAction(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     action: Literal["start"]
-    # Bounds live on topics.SessionStart, which validates them in session_start(); its defaults
-    # are repeated here only so that an omitted field reads as what the session will get.
-    num_speakers: StrictInt | None = SessionStart.model_fields["num_speakers"].default
-    max_speakers: StrictInt | None = SessionStart.model_fields["max_speakers"].default
+    # Bounds live on topics.SessionStart, which validates them in session_start(). Null means
+    # "not given" (the count estimated, a default bound), never "no bound".
+    num_speakers: StrictInt | None = None
+    min_speakers: StrictInt | None = None
+    max_speakers: StrictInt | None = None
     session_id: SessionId | None = None
 
     def session_start(self, session_id: str, producer: str) -> SessionStart:
-        """The bus record that opens the session; raises ValidationError if the counts are out of bounds."""
-        counts = self.model_dump(exclude_unset=True, include={"num_speakers", "max_speakers"})
-        if counts.get("max_speakers") is None:
-            counts.pop("max_speakers", None)  # null means "the default bound", not "no bound"
+        """The bus record that opens the session; raises ProtocolError (invalid_start) if the counts break the rules."""
+        counts = speaker_counts(self.num_speakers, self.min_speakers, self.max_speakers)
         return SessionStart(session_id=session_id, seq=0, producer=producer, **counts)
+
+
+def speaker_counts(
+    num_speakers: int | None = None, min_speakers: int | None = None, max_speakers: int | None = None
+) -> dict[str, int]:
+    """The count fields of a `SessionStart` for the counts a client gave (None: not given), as pyannote reads them.
+
+    A known count is its own bounds unless they are given; unknown, the bounds not given keep
+    SessionStart's defaults. Raises ProtocolError (invalid_start) naming what breaks the rules,
+    so a command line can check its options before it starts anything.
+    """
+    if num_speakers is not None:
+        if min_speakers is not None and num_speakers < min_speakers:
+            raise ProtocolError(
+                ErrorCode.INVALID_START, f"num_speakers ({num_speakers}) is below min_speakers ({min_speakers})"
+            )
+        if max_speakers is not None and num_speakers > max_speakers:
+            raise ProtocolError(
+                ErrorCode.INVALID_START, f"num_speakers ({num_speakers}) is above max_speakers ({max_speakers})"
+            )
+        min_speakers = num_speakers if min_speakers is None else min_speakers
+        max_speakers = num_speakers if max_speakers is None else max_speakers
+    given = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
+    counts = {name: value for name, value in given.items() if value is not None}
+    try:
+        # SessionStart holds the rest of the rules (each count in 1-64, the bounds not crossed).
+        SessionStart(session_id="speaker-counts", **counts)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
+    return counts
 
 
 class StopAction(BaseModel):
@@ -300,11 +340,7 @@ class GatewaySession:
             raise ProtocolError(
                 ErrorCode.ALREADY_STARTED, f"session {self.session_id} is already running on this connection"
             )
-        session_id = action.session_id or uuid.uuid4().hex
-        try:
-            return action.session_start(session_id, self.producer)
-        except ValidationError as exc:
-            raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
+        return action.session_start(action.session_id or uuid.uuid4().hex, self.producer)
 
     def audio(self, frame: bytes) -> AudioChunk:
         self._require_running("audio")

@@ -29,18 +29,23 @@ async def stream_session(
     report_timeout_s: float = 120.0,
     session_id: str | None = None,
     speed: float = 1.0,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
 ) -> dict:
     """Run one session over `url` (ws://HOST:PORT/ws/session); return the report event.
 
-    Without `session_id` the gateway picks one. In real time, `speed` times as fast as spoken.
+    Without `session_id` the gateway picks one. The speaker counts not given (None) are not sent:
+    the gateway's defaults apply. In real time, `speed` times as fast as spoken.
     An error event fails the session.
     """
     async with websockets.connect(url, max_size=2**22) as socket:
-        start: dict = {"action": "start"}
-        if num_speakers is not None:
-            start["num_speakers"] = num_speakers
-        if session_id is not None:
-            start["session_id"] = session_id
+        fields = {
+            "num_speakers": num_speakers,
+            "min_speakers": min_speakers,
+            "max_speakers": max_speakers,
+            "session_id": session_id,
+        }
+        start = {"action": "start"} | {name: value for name, value in fields.items() if value is not None}
         await socket.send(json.dumps(start))
         started = json.loads(await socket.recv())
         if started.get("event") != "started":
@@ -78,11 +83,18 @@ def report_from_event(session_id: str, event: dict) -> SessionReport:
 
 
 class LiveView:
-    """Prints the live speaker updates: one rewritten line on a terminal, a line per second otherwise."""
+    """Prints the live speaker updates: one rewritten line on a terminal, a line per second otherwise.
+
+    Everyone talking is shown, dominant first: two or more speakers at once read "spk0 + spk1",
+    and such overlaps are counted. Off a terminal the update that starts an overlap is printed
+    too, so a log shows every one.
+    """
 
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
         self.last_printed_s = -1
+        self.overlapping = False
+        self.overlaps = 0
 
     def __call__(self, event: dict) -> None:
         if event.get("event") != "speaker":
@@ -90,12 +102,15 @@ class LiveView:
         times = "  ".join(f"spk{k}: {v / 1000:5.1f}s" for k, v in sorted(event["speakingTimeMs"].items()))
         current = event["currentSpeakerId"]
         active = event.get("activeSpeakerIds") or ([] if current is None else [current])
+        overlap_starts = len(active) > 1 and not self.overlapping
+        self.overlapping = len(active) > 1
+        self.overlaps += overlap_starts
         now = " + ".join(f"spk{s}" for s in active) if active else "silence"
-        line = f"now: {now:<12} talk time  {times}"
+        line = f"now: {now:<18} talk time  {times}  overlaps so far: {self.overlaps}"
         if self.tty:
-            print(f"\r{line:<100}", end="", flush=True)
+            print(f"\r{line:<110}", end="", flush=True)
         else:
             seconds = sum(event["speakingTimeMs"].values()) // 1000
-            if seconds != self.last_printed_s:
+            if seconds != self.last_printed_s or overlap_starts:
                 self.last_printed_s = seconds
                 print(line, flush=True)

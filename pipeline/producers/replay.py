@@ -9,6 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.bus import new_producer, publish, tail_consumer
+from pipeline.gateway.protocol import speaker_counts
 from pipeline.producers.chunking import CHUNK_SAMPLES, Pacer, session_records
 from topics import AUDIO, SESSION_REPORTS, AudioChunk, SessionReport, SessionStart, decode, encode
 from topics.messages import SAMPLE_RATE
@@ -23,8 +24,13 @@ async def replay(
     chunk_samples: int = CHUNK_SAMPLES,
     wait_report_s: float | None = 120.0,
     progress: bool = True,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
 ) -> SessionReport | None:
-    """Publish start, the audio and stop; return the session's report unless wait_report_s is None."""
+    """Publish start, the audio and stop; return the session's report unless wait_report_s is None.
+
+    The speaker counts are read as the gateway reads a client's (`speaker_counts`); None: not given.
+    """
     session_id = session_id or uuid.uuid4().hex
     producer_id = f"replay-{uuid.uuid4().hex[:8]}"
     # Listen before the first record leaves, so the report cannot slip past.
@@ -32,7 +38,8 @@ async def replay(
     producer = new_producer(bootstrap)
     await producer.start()
     try:
-        start = SessionStart(session_id=session_id, num_speakers=num_speakers, producer=producer_id)
+        counts = speaker_counts(num_speakers, min_speakers, max_speakers)
+        start = SessionStart(session_id=session_id, producer=producer_id, **counts)
         await publish(producer, AUDIO, start)
         bar = tqdm(total=round(len(pcm) / SAMPLE_RATE, 1), unit="s", desc=session_id[:12], disable=not progress)
         pacer = Pacer(realtime)

@@ -126,7 +126,7 @@ def test_workers_and_gateway_reach_kafka_after_topics_exist(project: dict) -> No
     for name, service in services.items():
         env = service["environment"]
         assert env["SPEAKERFLOW_KAFKA"] in advertised, f"{name} bootstraps from {env['SPEAKERFLOW_KAFKA']}"
-        assert env["SPEAKERFLOW_PROFILE"] == "fast"
+        assert env["SPEAKERFLOW_PROFILE"] == "accurate"
         assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
         if name != "topics":
             assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
@@ -153,9 +153,9 @@ def test_gateway_listens_on_all_interfaces(project: dict) -> None:
 
 
 def test_profile_comes_from_the_environment(compose_cli: list[str]) -> None:
-    project = _load_project(compose_cli, COMPOSE_FILE, env={"SPEAKERFLOW_PROFILE": "accurate"})
+    project = _load_project(compose_cli, COMPOSE_FILE, env={"SPEAKERFLOW_PROFILE": "fast"})
     for name, service in _image_services(project).items():
-        assert service["environment"]["SPEAKERFLOW_PROFILE"] == "accurate", name
+        assert service["environment"]["SPEAKERFLOW_PROFILE"] == "fast", name
 
 
 def test_gpu_override_reserves_nvidia_devices_for_embed_only(compose_cli: list[str]) -> None:

@@ -328,6 +328,7 @@ def test_each_role_runs_its_speakerflow_command(default: Manifests) -> None:
     for stage in STAGES:
         (container,) = deploys[stage]["spec"]["template"]["spec"]["containers"]
         assert container["command"] == ["speakerflow", "worker", stage, "--loglevel", "warning"]
+        assert env_of(container)["SPEAKERFLOW_PROFILE"] == "accurate"  # the default profile
         assert container["image"] == "speakerflow:0.1.0"  # the chart's appVersion when no tag is given
     (gateway,) = deploys["gateway"]["spec"]["template"]["spec"]["containers"]
     assert gateway["command"] == ["speakerflow", "gateway"]
@@ -341,9 +342,7 @@ def test_each_role_runs_its_speakerflow_command(default: Manifests) -> None:
 
 def test_environment_is_what_the_code_reads(render) -> None:
     bootstrap = "kafka-0.kafka:9092,kafka-1.kafka:9092"
-    manifests = render(
-        values={"kafka": {"bootstrapServers": bootstrap}, "profile": "accurate", "metrics": {"port": 9300}}
-    )
+    manifests = render(values={"kafka": {"bootstrapServers": bootstrap}, "profile": "fast", "metrics": {"port": 9300}})
     seen = 0
     for name, spec in pod_specs(manifests):
         for container in spec["containers"]:
@@ -352,7 +351,7 @@ def test_environment_is_what_the_code_reads(render) -> None:
             with mock.patch.dict(os.environ, env, clear=True):
                 settings = Settings.from_env()
             assert settings.kafka == bootstrap, name
-            assert settings.profile == "accurate", name
+            assert settings.profile == "fast", name
             ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
             if container["command"][:2] == ["speakerflow", "worker"]:
                 assert settings.metrics_port == 9300 == ports["metrics"], name

@@ -207,10 +207,14 @@ async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways
         await expect_error(ws, "not_started")
         await ws.send(json.dumps({"action": "start", "num_speakers": 0}))
         await expect_error(ws, "invalid_start")
+        await ws.send(json.dumps({"action": "start", "min_speakers": 4, "max_speakers": 3}))
+        await expect_error(ws, "invalid_start")
+        await ws.send(json.dumps({"action": "start", "num_speakers": 5, "max_speakers": 4}))
+        await expect_error(ws, "invalid_start")
 
         await ws.send(json.dumps({"action": "start", "num_speakers": 3, "session_id": "bad-input-1"}))
         assert await receive(ws) == {"event": "started", "num_speakers": 3, "sessionId": "bad-input-1"}
-        other = await start_session(neighbour)
+        other = await start_session(neighbour, min_speakers=2, max_speakers=4)
         await ws.send(json.dumps({"action": "start"}))
         await expect_error(ws, "already_started")
         async with gateway.session() as intruder:
@@ -234,7 +238,7 @@ async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways
 
         records = await audio.wait_for("bad-input-1", len(frames) + 2)
         assert_stream(records, "bad-input-1", frames, gateway.id)
-        assert records[0].num_speakers == 3
+        assert (records[0].num_speakers, records[0].min_speakers, records[0].max_speakers) == (3, 3, 3)
         await publish(bus, SESSION_REPORTS, report_for("bad-input-1", {0: 300, 1: 200}))
         assert await receive(ws) == {
             "event": "report",
@@ -245,7 +249,10 @@ async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways
         # The neighbour saw none of this and its stream is intact.
         await expect_nothing(neighbour, 0.1)
         await neighbour.send(json.dumps({"action": "stop"}))
-        assert_stream(await audio.wait_for(other, 4), other, neighbour_frames, gateway.id)
+        neighbour_records = await audio.wait_for(other, 4)
+        assert_stream(neighbour_records, other, neighbour_frames, gateway.id)
+        assert (neighbour_records[0].num_speakers, neighbour_records[0].min_speakers) == (None, 2)
+        assert (neighbour_records[0].speaker_floor, neighbour_records[0].speaker_limit) == (2, 4)
         await publish(bus, SESSION_REPORTS, report_for(other, {0: 25}))
         assert (await receive(neighbour))["speakers"] == [{"id": 0, "totalTimeMs": 25}]
 

@@ -14,6 +14,7 @@ from pipeline.gateway.protocol import (
     StopAction,
     parse_action,
     result_event,
+    speaker_counts,
 )
 from topics import ReportedSpeaker, SessionReport, SessionStop, SpeakerTurn, SpeakerUpdate
 from topics.messages import ReportedTurn
@@ -98,13 +99,73 @@ def test_parse_action_refuses(text, code):
 
 
 @pytest.mark.parametrize(
-    "fields",
-    [{"num_speakers": 0}, {"num_speakers": 65}, {"num_speakers": 5, "max_speakers": 4}, {"max_speakers": 0}],
+    ("fields", "named"),
+    [
+        ({"num_speakers": 0}, "num_speakers"),
+        ({"num_speakers": 65}, "num_speakers"),
+        ({"num_speakers": 5, "max_speakers": 4}, "num_speakers (5) is above max_speakers (4)"),
+        ({"max_speakers": 0}, "max_speakers"),
+        ({"min_speakers": 0}, "min_speakers"),
+        ({"min_speakers": 65}, "min_speakers"),
+        ({"min_speakers": 4, "max_speakers": 3}, "min_speakers must not exceed max_speakers"),
+        ({"min_speakers": 21}, "min_speakers must not exceed max_speakers"),  # above the default upper bound
+        ({"num_speakers": 2, "min_speakers": 3}, "num_speakers (2) is below min_speakers (3)"),
+    ],
 )
-def test_start_out_of_bounds_is_invalid_start(fields):
+def test_start_out_of_bounds_is_invalid_start(fields, named):
     state = GatewaySession("gw-test", max_frame_bytes=1000)
-    assert error_code(lambda: state.start(start(**fields))) == ErrorCode.INVALID_START
+    with pytest.raises(ProtocolError) as caught:
+        state.start(start(**fields))
+    assert caught.value.code == ErrorCode.INVALID_START
+    assert named in caught.value.message
     assert not state.active
+
+
+@pytest.mark.parametrize("field", ["num_speakers", "min_speakers", "max_speakers"])
+@pytest.mark.parametrize("value", ["2", 2.5, True])
+def test_counts_that_are_not_integers_are_invalid_start(field, value):
+    with pytest.raises(ProtocolError) as caught:
+        parse_action(json.dumps({"action": "start", field: value}))
+    assert caught.value.code == ErrorCode.INVALID_START
+    assert field in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # (num_speakers, min_speakers, max_speakers, speaker_floor, speaker_limit) of the session started
+        ({}, (None, 1, 20, 1, 20)),
+        ({"num_speakers": None, "max_speakers": 7}, (None, 1, 7, 1, 7)),
+        ({"min_speakers": 2, "max_speakers": 4}, (None, 2, 4, 2, 4)),
+        ({"min_speakers": 3}, (None, 3, 20, 3, 20)),
+        ({"min_speakers": None, "max_speakers": None}, (None, 1, 20, 1, 20)),  # null: the default bounds
+        # A known count is its own bounds (as in pyannote), so it may exceed the default upper bound.
+        ({"num_speakers": 3}, (3, 3, 3, 3, 3)),
+        ({"num_speakers": 30}, (30, 30, 30, 30, 30)),
+        ({"num_speakers": 3, "max_speakers": 5}, (3, 3, 5, 3, 3)),
+        ({"num_speakers": 3, "min_speakers": 1, "max_speakers": 3}, (3, 1, 3, 3, 3)),
+    ],
+)
+def test_start_counts_follow_pyannote(fields, expected):
+    state = GatewaySession("gw-test", max_frame_bytes=1000)
+    opening = state.start(start(**fields))
+    assert (
+        opening.num_speakers,
+        opening.min_speakers,
+        opening.max_speakers,
+        opening.speaker_floor,
+        opening.speaker_limit,
+    ) == expected
+
+
+def test_speaker_counts_gives_only_what_was_given():
+    # What the command lines check their --num/min/max-speakers with, before they start anything.
+    assert speaker_counts() == {}
+    assert speaker_counts(max_speakers=4) == {"max_speakers": 4}
+    assert speaker_counts(num_speakers=2) == {"num_speakers": 2, "min_speakers": 2, "max_speakers": 2}
+    assert speaker_counts(2, None, 6) == {"num_speakers": 2, "min_speakers": 2, "max_speakers": 6}
+    assert error_code(lambda: speaker_counts(min_speakers=3, max_speakers=2)) == ErrorCode.INVALID_START
+    assert error_code(lambda: speaker_counts(num_speakers=3, max_speakers=2)) == ErrorCode.INVALID_START
 
 
 def test_parse_action_accepts():

@@ -2,8 +2,9 @@
 
 The demo and the tests need audio with a known answer, and we do not want
 recordings in the repository, so audio is synthesized at run time: every
-speaker gets a distinct espeak-ng voice, turns are joined with short pauses and
-never overlap, and the reference segments come from the synthesized samples.
+speaker gets a distinct espeak-ng voice, turns are joined with short pauses (or,
+where a turn says so, start before the previous one ends, so two voices overlap),
+and the reference segments come from the synthesized samples.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ _PEAK = 0.9
 class Turn:
     speaker: int
     text: str
+    # Seconds this turn starts before the previous one ends (an interruption); 0: after a pause.
+    overlap_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -243,8 +246,10 @@ def synthesize(
 ) -> Conversation:
     """Speak ``script`` turn by turn with a random pause from ``pause_s`` between turns.
 
-    ``edge_s`` of silence is put before the first and after the last turn.
-    Segments are exact to the sample: each covers one trimmed utterance.
+    A turn with ``overlap_s`` starts that long before the previous turn ends (at most as long
+    as the previous turn) and no pause is drawn for it; the voices are mixed. ``edge_s`` of
+    silence is put before the first and after the last turn. Segments are exact to the
+    sample: each covers one trimmed utterance.
     """
     if not script:
         raise ValueError("script is empty")
@@ -258,24 +263,29 @@ def synthesize(
     for turn in script:
         if not 0 <= turn.speaker < len(voices):
             raise ValueError(f"speaker {turn.speaker} has no voice (have {len(voices)})")
+        if turn.overlap_s < 0.0:
+            raise ValueError(f"overlap_s must be >= 0, got {turn.overlap_s}")
 
     rng = np.random.default_rng(seed)
     edge = round(edge_s * sample_rate)
-    pieces: list[np.ndarray] = [np.zeros(edge, dtype=np.float32)]
+    clips: list[tuple[int, np.ndarray]] = []
     spans: list[tuple[int, int, int]] = []
-    cursor = edge
+    end = edge  # where the speech so far ends
     for i, turn in enumerate(script):
-        if i > 0:
-            gap = round(rng.uniform(lo, hi) * sample_rate)
-            pieces.append(np.zeros(gap, dtype=np.float32))
-            cursor += gap
         clip = speak(turn.text, voices[turn.speaker], sample_rate)
-        pieces.append(clip)
-        spans.append((turn.speaker, cursor, cursor + clip.size))
-        cursor += clip.size
-    pieces.append(np.zeros(edge, dtype=np.float32))
+        if i == 0:
+            start = edge
+        elif turn.overlap_s > 0.0:
+            start = max(spans[-1][1], end - round(turn.overlap_s * sample_rate))
+        else:
+            start = end + round(rng.uniform(lo, hi) * sample_rate)
+        clips.append((start, clip))
+        spans.append((turn.speaker, start, start + clip.size))
+        end = max(end, start + clip.size)
 
-    audio = np.concatenate(pieces)
+    audio = np.zeros(end + edge, dtype=np.float32)
+    for start, clip in clips:
+        audio[start : start + clip.size] += clip
     peak = float(np.max(np.abs(audio)))
     audio = (audio * (_PEAK / peak)).astype(np.float32)
     segments = [Segment(spk, start / sample_rate, end / sample_rate) for spk, start, end in spans]
