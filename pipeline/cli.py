@@ -104,14 +104,32 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.gateway.protocol import session_url
+    from pipeline.gateway.audio_input import Encoding
+    from pipeline.gateway.protocol import ProtocolError, audio_format, session_url
+    from pipeline.producers.audio_file import AudioFileError, float_to_pcm16, load_mono
     from pipeline.producers.gateway_client import LiveView, report_from_event, stream_session
 
     counts = _speaker_counts(args)
-    pcm = _load(args.file)
+    try:
+        client_format = audio_format(args.sample_rate, args.encoding)
+    except ProtocolError as exc:
+        raise SystemExit(f"speakerflow stream: {exc.message}") from None
+    try:
+        samples = load_mono(args.file, client_format.sample_rate)
+    except AudioFileError as exc:
+        raise SystemExit(f"speakerflow: {exc}") from None
+    pcm = float_to_pcm16(samples) if client_format.encoding is Encoding.PCM_S16LE else samples
     url = args.url or session_url(settings.gateway_host, settings.gateway_port)
     event = asyncio.run(
-        stream_session(url, pcm, realtime=not args.fast, on_event=None if args.quiet else LiveView(), **counts)
+        stream_session(
+            url,
+            pcm,
+            realtime=not args.fast,
+            on_event=None if args.quiet else LiveView(),
+            sample_rate=client_format.sample_rate,
+            encoding=client_format.encoding,
+            **counts,
+        )
     )
     print()
     if args.json:
@@ -305,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("file", type=Path)
     stream.add_argument("--url", help="gateway session URL (default from SPEAKERFLOW_GATEWAY_HOST/PORT)")
     _add_speaker_counts(stream)
+    stream.add_argument(
+        "--sample-rate", type=int, help="send the audio at this rate, 8000-48000 (default 16000), as a client would"
+    )
+    stream.add_argument("--encoding", help="send the samples as pcm_s16le (the default) or pcm_f32le")
     stream.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     stream.add_argument("--quiet", action="store_true", help="do not print live updates")
     stream.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")

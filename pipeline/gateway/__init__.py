@@ -1,6 +1,7 @@
 """The WebSocket gateway: clients stream audio in and receive their session's results.
 
 See :mod:`pipeline.gateway.protocol` for what clients and the gateway say,
+:mod:`pipeline.gateway.audio_input` for how a client's audio becomes the bus's 16 kHz PCM,
 :mod:`pipeline.gateway.fanout` for how results reach the right sockets, and
 :mod:`pipeline.gateway.app` for the application and :func:`serve`.
 """

@@ -4,7 +4,8 @@ Endpoints:
 
 - ``/ws/session``: a client starts a session, streams PCM, stops it and receives the
   report (see :mod:`pipeline.gateway.protocol`); it may then start another session on
-  the same socket.
+  the same socket. Its audio reaches the bus as 16 kHz s16le whatever format it names
+  (:mod:`pipeline.gateway.audio_input`).
 - ``/ws/sessions/{session_id}/events``: read-only; speaker, turn and report events of a
   session that any producer feeds, for downstream consumers.
 - ``GET /health``: 200 while the producer and the result fan-out run, else 503.
@@ -34,6 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnected
 
 from pipeline.bus import ensure_topics, new_producer, publish
+from pipeline.gateway.audio_input import MAX_SAMPLE_RATE, AudioFormat, Encoding
 from pipeline.gateway.fanout import ResultFanout, Subscription
 from pipeline.gateway.protocol import (
     EVENTS_PATH,
@@ -63,6 +65,8 @@ _CLOSE_POLICY = 1008
 _CLOSE_TRY_AGAIN = 1013
 # What sending on a socket whose client has left raises.
 _SOCKET_GONE = (WebSocketDisconnect, WebSocketDisconnected)
+# The format whose frames may be largest.
+_LARGEST_FORMAT = AudioFormat(MAX_SAMPLE_RATE, Encoding.PCM_F32LE)
 
 
 def _new_gateway_id() -> str:
@@ -160,14 +164,16 @@ class _SessionSocket:
             self.gateway.fanout.unsubscribe(subscription)
             self.gateway.sessions.discard(start.session_id)
             raise
-        self.state.commit(start)
+        audio_format = action.audio_format()
+        self.state.commit(start, audio_format)
         self._subscription = subscription
         log.info(
-            "session %s started (num_speakers=%s, min_speakers=%d, max_speakers=%d)",
+            "session %s started (num_speakers=%s, min_speakers=%d, max_speakers=%d, audio %s)",
             start.session_id,
             start.num_speakers,
             start.min_speakers,
             start.max_speakers,
+            audio_format,
         )
         await self._send(StartedEvent(num_speakers=start.num_speakers, session_id=start.session_id))
         self._pump = asyncio.create_task(self._forward_results(subscription))
@@ -176,13 +182,24 @@ class _SessionSocket:
         if not frame:
             return  # a keep-alive at most; a record without samples would tell the workers nothing
         chunk = self.state.audio(frame)
-        await self.gateway.publish(chunk)
-        self.state.commit(chunk)
+        if chunk is not None:
+            await self._publish(chunk)
+
+    async def _publish_tail(self) -> None:
+        """What the converter still holds: the session's last samples, published before its stop."""
+        tail = self.state.tail()
+        if tail is not None:
+            await self._publish(tail)
+
+    async def _publish(self, record: AudioChunk | SessionStop) -> None:
+        await self.gateway.publish(record)
+        self.state.commit(record)
 
     async def _stop(self) -> None:
+        # A tail that could not be published is lost like any frame; the client's next stop sends no tail.
+        await self._publish_tail()
         stop = self.state.stop()
-        await self.gateway.publish(stop)
-        self.state.commit(stop)
+        await self._publish(stop)
         log.info("session %s stopped after %d samples; awaiting its report", stop.session_id, stop.offset)
         if self._report is not None:
             await self._deliver_report()  # it came before the stop: another producer ended the session
@@ -244,10 +261,11 @@ class _SessionSocket:
         if self.state.active:
             GATEWAY_SESSIONS.labels("abandoned").inc()
         if self.state.active and not self.state.stopped:
+            with contextlib.suppress(ProtocolError):  # a tail that cannot be published is lost; the stop must go out
+                await self._publish_tail()
             stop = self.state.stop()
             try:
-                await self.gateway.publish(stop)
-                self.state.commit(stop)
+                await self._publish(stop)
                 log.info("client of session %s left; published its stop at %d samples", stop.session_id, stop.offset)
             except ProtocolError:
                 log.error("client of session %s left and its stop could not be published", stop.session_id)
@@ -373,8 +391,9 @@ def server_config(settings: Settings, app: FastAPI | None = None, **overrides: o
         "port": settings.gateway_port,
         "lifespan": "on",  # a gateway that cannot reach the bus must not start serving
         # Frames a little over the limit get a frame_too_large event; far larger ones close the
-        # socket (1009) before the whole frame is buffered.
-        "ws_max_size": max(4 * settings.max_frame_bytes, 1 << 20),
+        # socket (1009) before the whole frame is buffered. The limit of the format with the most
+        # bytes per second is the largest.
+        "ws_max_size": max(4 * _LARGEST_FORMAT.frame_limit(settings.max_frame_bytes), 1 << 20),
         "log_level": "info",
     }
     options.update(overrides)

@@ -9,9 +9,18 @@ Client actions (text frames)::
 
     {"action": "start", "num_speakers": 2, "session_id": "..."}          the count is known
     {"action": "start", "min_speakers": 2, "max_speakers": 4}             the count is estimated within bounds
+    {"action": "start", "sample_rate": 48000, "encoding": "pcm_f32le"}    the audio as the client captures it
     {"action": "stop"}
 
-plus binary frames of PCM s16le, 16 kHz, mono. Every field of a start but `action` is optional.
+plus binary frames of mono PCM, 16 kHz s16le unless the start names another format.
+Every field of a start but `action` is optional. The audio format:
+
+- `sample_rate` (8000-48000, default 16000) and `encoding` (`pcm_s16le`, the default, or
+  `pcm_f32le`, full scale [-1, 1]). The gateway converts every frame to 16 kHz s16le before the
+  bus (:mod:`pipeline.gateway.audio_input`), so offsets on the bus count 16 kHz samples.
+- A frame holds whole samples (2 or 4 bytes each) and at most as much audio as
+  SPEAKERFLOW_MAX_FRAME_BYTES of 16 kHz s16le (:meth:`AudioFormat.frame_limit`).
+
 The speaker counts follow pyannote's pipelines:
 
 - `num_speakers` (1-64): exactly this many speakers; voices beyond them are left unlabelled.
@@ -21,7 +30,8 @@ The speaker counts follow pyannote's pipelines:
   (`min_speakers` <= `num_speakers` <= `max_speakers`); a bound omitted then is `num_speakers` itself.
 
 A start that breaks these rules (a count out of 1-64, bounds crossed, a count outside its bounds,
-a count that is not an integer) is refused with `invalid_start`, naming the field.
+a count that is not an integer, a rate or encoding not listed) is refused with `invalid_start`,
+naming the field.
 
 Server events (text frames)::
 
@@ -41,8 +51,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from pipeline.gateway.audio_input import (
+    BUS_FORMAT,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioConverter,
+    AudioFormat,
+    Encoding,
+    NonFiniteSamples,
+)
 from topics import AudioChunk, ReportedSpeaker, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
-from topics.messages import BYTES_PER_SAMPLE, ReportedTurn, SessionId
+from topics.messages import ReportedTurn, SessionId
 
 # Where clients reach the gateway: one socket per producing client, one per watcher of a session.
 SESSION_PATH = "/ws/session"
@@ -74,6 +93,7 @@ __all__ = [
     "StartedEvent",
     "StopAction",
     "TurnEvent",
+    "audio_format",
     "parse_action",
     "result_event",
     "session_url",
@@ -89,7 +109,8 @@ class ErrorCode(StrEnum):
     BAD_JSON = "bad_json"
     # A JSON object whose action is neither start nor stop.
     UNKNOWN_ACTION = "unknown_action"
-    # A start with unknown fields, wrongly typed values, speaker counts out of bounds or a bad session id.
+    # A start with unknown fields, wrongly typed values, speaker counts out of bounds, an audio format
+    # not supported or a bad session id.
     INVALID_START = "invalid_start"
     # A start while this connection's session runs or awaits its report.
     ALREADY_STARTED = "already_started"
@@ -97,9 +118,11 @@ class ErrorCode(StrEnum):
     SESSION_IN_USE = "session_in_use"
     # Audio or a stop before start, or after stop.
     NOT_STARTED = "not_started"
-    # A binary frame that is not a whole number of 16-bit samples.
+    # A binary frame that is not a whole number of samples of the session's encoding (2 or 4 bytes).
     ODD_LENGTH_PCM = "odd_length_pcm"
-    # A binary frame over SPEAKERFLOW_MAX_FRAME_BYTES.
+    # A pcm_f32le frame with NaN or infinite samples.
+    NON_FINITE_PCM = "non_finite_pcm"
+    # A binary frame with more audio than SPEAKERFLOW_MAX_FRAME_BYTES of 16 kHz s16le holds.
     FRAME_TOO_LARGE = "frame_too_large"
     # A record could not be published to Kafka.
     BUS_UNAVAILABLE = "bus_unavailable"
@@ -144,6 +167,13 @@ class StartAction(BaseModel):
     min_speakers: StrictInt | None = None
     max_speakers: StrictInt | None = None
     session_id: SessionId | None = None
+    # Null, as omitted, is the bus's own format.
+    sample_rate: StrictInt | None = Field(default=None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    encoding: Encoding | None = None
+
+    def audio_format(self) -> AudioFormat:
+        """The format of the frames the client will send."""
+        return AudioFormat(self.sample_rate or BUS_FORMAT.sample_rate, self.encoding or BUS_FORMAT.encoding)
 
     def session_start(self, session_id: str, producer: str) -> SessionStart:
         """The bus record that opens the session; raises ProtocolError (invalid_start) if the counts break the rules."""
@@ -179,6 +209,17 @@ def speaker_counts(
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
     return counts
+
+
+def audio_format(sample_rate: int | None = None, encoding: str | None = None) -> AudioFormat:
+    """The audio format a start naming this rate and encoding (None: not given) stands for.
+
+    Raises ProtocolError (invalid_start) as a start would, so a command line can check its options.
+    """
+    try:
+        return StartAction(action="start", sample_rate=sample_rate, encoding=encoding).audio_format()
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
 
 
 class StopAction(BaseModel):
@@ -312,19 +353,22 @@ def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEve
 class GatewaySession:
     """The protocol state of one client connection, which may run several sessions one after another.
 
-    Methods that build a bus record (:meth:`start`, :meth:`audio`, :meth:`stop`) change
-    nothing; the caller publishes the record and then :meth:`commit`\\ s it. A record that
-    could not be published therefore leaves seq and offset as they were, and the next
-    frame continues the stream without a gap.
+    Methods that build a bus record (:meth:`start`, :meth:`audio`, :meth:`tail`, :meth:`stop`)
+    change no numbering; the caller publishes the record and then :meth:`commit`\\ s it. A
+    record that could not be published therefore leaves seq and offset as they were, and the
+    next frame continues the stream without a gap. Only the session's converter moves on:
+    it has heard a frame whether or not its record was published, so such a frame is lost
+    as a whole, as one in the bus format is.
     """
 
     def __init__(self, producer: str, max_frame_bytes: int) -> None:
         self.producer = producer
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = max_frame_bytes  # in bytes of bus PCM: see AudioFormat.frame_limit
         self.session_id: str | None = None
         self.seq = 0  # seq of the next record
-        self.offset = 0  # samples published so far = offset of the next chunk
+        self.offset = 0  # 16 kHz samples published so far = offset of the next chunk
         self.stopped = False
+        self.converter = AudioConverter()  # the running session's; replaced at each start
 
     @property
     def active(self) -> bool:
@@ -342,33 +386,51 @@ class GatewaySession:
             )
         return action.session_start(action.session_id or uuid.uuid4().hex, self.producer)
 
-    def audio(self, frame: bytes) -> AudioChunk:
+    def audio(self, frame: bytes) -> AudioChunk | None:
+        """The chunk for one client frame, converted to the bus format; None while the resampler holds it all back."""
         self._require_running("audio")
-        if len(frame) > self.max_frame_bytes:
+        audio_format = self.converter.format
+        limit = audio_format.frame_limit(self.max_frame_bytes)
+        if len(frame) > limit:
             raise ProtocolError(
-                ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes exceeds the limit of {self.max_frame_bytes}"
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {len(frame)} bytes exceeds the limit of {limit} bytes for {audio_format}",
             )
-        if len(frame) % BYTES_PER_SAMPLE:
+        if len(frame) % audio_format.encoding.bytes_per_sample:
             raise ProtocolError(
                 ErrorCode.ODD_LENGTH_PCM,
-                f"frame of {len(frame)} bytes is not a whole number of 16-bit samples; frame dropped",
+                f"frame of {len(frame)} bytes is not a whole number of {audio_format.encoding.bytes_per_sample}-byte "
+                f"{audio_format.encoding} samples; frame dropped",
             )
+        try:
+            pcm = self.converter.convert(frame)
+        except NonFiniteSamples as exc:
+            raise ProtocolError(ErrorCode.NON_FINITE_PCM, f"{exc}; frame dropped") from exc
+        return self._chunk(pcm)
+
+    def tail(self) -> AudioChunk | None:
+        """The chunk of what the converter still holds, to be published before the stop; None if it holds nothing."""
+        self._require_running("stop")
+        return self._chunk(self.converter.flush())
+
+    def _chunk(self, pcm: bytes) -> AudioChunk | None:
+        if not pcm:
+            return None
         assert self.session_id is not None
-        return AudioChunk(
-            session_id=self.session_id, seq=self.seq, offset=self.offset, producer=self.producer, pcm=frame
-        )
+        return AudioChunk(session_id=self.session_id, seq=self.seq, offset=self.offset, producer=self.producer, pcm=pcm)
 
     def stop(self) -> SessionStop:
         self._require_running("stop")
         assert self.session_id is not None
         return SessionStop(session_id=self.session_id, seq=self.seq, offset=self.offset, producer=self.producer)
 
-    def commit(self, record: SessionStart | AudioChunk | SessionStop) -> None:
-        """Account for a record that was published."""
+    def commit(self, record: SessionStart | AudioChunk | SessionStop, audio_format: AudioFormat = BUS_FORMAT) -> None:
+        """Account for a record that was published; a start's `audio_format` is the client's (StartAction.audio_format)."""
         if isinstance(record, SessionStart):
             if self.active:
                 raise RuntimeError("commit of a start while a session is open")
             self.session_id, self.seq, self.offset, self.stopped = record.session_id, 1, 0, False
+            self.converter = AudioConverter(audio_format)
             return
         if record.session_id != self.session_id or record.seq != self.seq or self.stopped:
             raise RuntimeError(f"commit of {type(record).__name__} seq {record.seq} out of order (next {self.seq})")
@@ -384,6 +446,7 @@ class GatewaySession:
         self.seq = 0
         self.offset = 0
         self.stopped = False
+        self.converter = AudioConverter()
 
     def _require_running(self, what: str) -> None:
         if not self.active:

@@ -22,13 +22,13 @@ CHUNK_SAMPLES = SAMPLE_RATE // 5
 
 class PcmFrame(NamedTuple):
     offset: int  # samples since the recording's first
-    pcm: bytes  # s16le
+    pcm: bytes  # s16le, unless pcm_frames was given another dtype
 
 
-def pcm_frames(pcm: np.ndarray, chunk_samples: int = CHUNK_SAMPLES) -> Iterator[PcmFrame]:
-    """Int16 PCM in consecutive frames of `chunk_samples` (the last one may be shorter)."""
+def pcm_frames(pcm: np.ndarray, chunk_samples: int = CHUNK_SAMPLES, dtype: str = "<i2") -> Iterator[PcmFrame]:
+    """PCM as `dtype` in consecutive frames of `chunk_samples` (the last one may be shorter)."""
     for offset in range(0, len(pcm), chunk_samples):
-        yield PcmFrame(offset, pcm[offset : offset + chunk_samples].astype("<i2").tobytes())
+        yield PcmFrame(offset, pcm[offset : offset + chunk_samples].astype(dtype).tobytes())
 
 
 def session_records(

@@ -10,9 +10,11 @@ from collections.abc import Callable
 import numpy as np
 import websockets
 
+from pipeline.gateway.audio_input import BUS_FORMAT, Encoding
 from pipeline.gateway.protocol import ReportEvent
-from pipeline.producers.chunking import CHUNK_SAMPLES, Pacer, pcm_frames
+from pipeline.producers.chunking import Pacer, pcm_frames
 from topics import SessionReport
+from topics.messages import SAMPLE_RATE
 
 
 class GatewaySessionError(RuntimeError):
@@ -24,20 +26,29 @@ async def stream_session(
     pcm: np.ndarray,
     num_speakers: int | None = None,
     realtime: bool = True,
-    chunk_samples: int = CHUNK_SAMPLES,
+    chunk_samples: int | None = None,
     on_event: Callable[[dict], None] | None = None,
     report_timeout_s: float = 120.0,
     session_id: str | None = None,
     speed: float = 1.0,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    sample_rate: int = BUS_FORMAT.sample_rate,
+    encoding: Encoding | str = BUS_FORMAT.encoding,
 ) -> dict:
     """Run one session over `url` (ws://HOST:PORT/ws/session); return the report event.
 
-    Without `session_id` the gateway picks one. The speaker counts not given (None) are not sent:
-    the gateway's defaults apply. In real time, `speed` times as fast as spoken.
+    `pcm` is mono at `sample_rate`: int16 samples for pcm_s16le, float for pcm_f32le; it is sent in
+    frames of `chunk_samples` (default 0.2 s). The format is named in the start only when it is not
+    the bus's. Without `session_id` the gateway picks one. The speaker counts not given (None) are
+    not sent: the gateway's defaults apply. In real time, `speed` times as fast as spoken.
     An error event fails the session.
     """
+    encoding = Encoding(encoding)
+    floats = encoding is Encoding.PCM_F32LE
+    if np.issubdtype(pcm.dtype, np.floating) != floats:
+        raise ValueError(f"{encoding} is sent from {'float' if floats else 'int16'} samples, not {pcm.dtype}")
+    chunk_samples = chunk_samples or sample_rate // 5
     async with websockets.connect(url, max_size=2**22) as socket:
         fields = {
             "num_speakers": num_speakers,
@@ -45,6 +56,8 @@ async def stream_session(
             "max_speakers": max_speakers,
             "session_id": session_id,
         }
+        if (sample_rate, encoding) != (BUS_FORMAT.sample_rate, BUS_FORMAT.encoding):
+            fields |= {"sample_rate": sample_rate, "encoding": encoding.value}
         start = {"action": "start"} | {name: value for name, value in fields.items() if value is not None}
         await socket.send(json.dumps(start))
         started = json.loads(await socket.recv())
@@ -68,8 +81,8 @@ async def stream_session(
         receiver = asyncio.create_task(receive())
         try:
             pacer = Pacer(realtime, speed)
-            for frame in pcm_frames(pcm, chunk_samples):
-                await pacer.wait(frame.offset)
+            for frame in pcm_frames(pcm, chunk_samples, encoding.dtype):
+                await pacer.wait(frame.offset * SAMPLE_RATE // sample_rate)  # the pacer counts 16 kHz samples
                 await socket.send(frame.pcm)
             await socket.send(json.dumps({"action": "stop"}))
             return await asyncio.wait_for(report, report_timeout_s)

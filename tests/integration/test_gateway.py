@@ -1,7 +1,8 @@
 """The WebSocket gateway end to end against the session's broker (its rules without one: tests/unit/test_gateway_*.py).
 
 The test itself plays the worker: it reads what the gateway published on the audio
-topic and publishes results onto the result topics.
+topic and publishes results onto the result topics. The last test runs a whole stack,
+to show that a client's own audio format changes nothing the workers report.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import numpy as np
 import pytest
+import soxr
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from pipeline.bus import new_producer, publish, tail_consumer
+from pipeline.devstack.synthetic import TWO_SPEAKER_SCRIPT, synthesize
+from pipeline.evaluation.talktime import compare
 from pipeline.gateway import create_app, server_config
 from pipeline.gateway.protocol import events_url, session_url
+from pipeline.producers.audio_file import float_to_pcm16
+from pipeline.producers.gateway_client import report_from_event, stream_session
 from pipeline.settings import Settings
 from topics import (
     AUDIO,
@@ -420,3 +427,70 @@ async def test_subscriber_with_invalid_session_id_is_refused(gateways):
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 1008
+
+
+async def test_a_48k_float_client_is_published_as_16k_pcm(bootstrap, gateways):
+    gateway, _ = gateways
+    t = np.arange(48000) / 48000
+    wire = (0.5 * np.sin(2 * np.pi * 440 * t)).astype("<f4")
+    frames = [wire[i : i + 4800].tobytes() for i in range(0, len(wire), 4800)]  # 0.1 s each
+    async with audio_tap(bootstrap) as audio, gateway.session() as ws:
+        await ws.send(json.dumps({"action": "start", "sample_rate": 22050, "encoding": "opus"}))
+        await expect_error(ws, "invalid_start")
+        await ws.send(json.dumps({"action": "start", "sample_rate": 96000}))
+        await expect_error(ws, "invalid_start")
+        session_id = await start_session(ws, sample_rate=48000, encoding="pcm_f32le")
+        await ws.send(frames[0][:-2])
+        await expect_error(ws, "odd_length_pcm")
+        await ws.send(np.array([0.0, np.nan], "<f4").tobytes())
+        await expect_error(ws, "non_finite_pcm")
+        for frame in frames:
+            await ws.send(frame)
+        await ws.send(json.dumps({"action": "stop"}))
+        records = await audio.wait_for(session_id, len(frames) + 3)  # start, the frames, their tail, stop
+
+    chunks, stop = records[1:-1], records[-1]
+    offset = 0
+    for seq, chunk in enumerate(chunks, start=1):
+        assert isinstance(chunk, AudioChunk) and (chunk.seq, chunk.offset, chunk.sample_rate) == (seq, offset, 16000)
+        offset += chunk.num_samples
+    # One second at 48 kHz is one second at 16 kHz, to the sample: the sine resampled as a whole.
+    assert isinstance(stop, SessionStop) and (stop.seq, stop.offset) == (len(chunks) + 1, offset) and offset == 16000
+    published = np.frombuffer(b"".join(c.pcm for c in chunks), "<i2") / 32768
+    assert np.abs(published - soxr.resample(wire, 48000, 16000, quality="HQ")).max() < 1 / 32768
+
+
+# One step of the live labels: the report's talk times may differ by this much.
+STEP_MS = 500
+
+
+def test_a_conversation_at_48k_float_is_reported_as_at_16k_pcm(local_stack):
+    # Captured at 48 kHz, as a browser would; the 16 kHz client resampled it itself.
+    conversation = synthesize(TWO_SPEAKER_SCRIPT, sample_rate=48000)
+    at_48k = conversation.audio
+    at_16k = float_to_pcm16(soxr.resample(at_48k, 48000, 16000, quality="HQ"))
+
+    with local_stack("formats", report_timeout_s=300) as stack:
+
+        async def both() -> list[dict]:
+            return await asyncio.gather(
+                stream_session(stack.session_url, at_16k, realtime=False, session_id="format-16k-s16le"),
+                stream_session(
+                    stack.session_url,
+                    at_48k,
+                    realtime=False,
+                    session_id="format-48k-f32le",
+                    sample_rate=48000,
+                    encoding="pcm_f32le",
+                ),
+            )
+
+        reports = [report_from_event(name, event) for name, event in zip(("16k", "48k"), asyncio.run(both()))]
+
+    pcm_16k, float_48k = reports
+    assert len(pcm_16k.speakers) == len(float_48k.speakers) == 2, reports
+    # The same voice of the script is matched in each report, whatever id each gave it.
+    reference = conversation.reference_turns()
+    for row_16k, row_48k in zip(compare(reference, pcm_16k), compare(reference, float_48k), strict=True):
+        assert row_16k.hypothesis is not None and row_48k.hypothesis is not None, (row_16k, row_48k)
+        assert abs(row_16k.hypothesis_ms - row_48k.hypothesis_ms) <= STEP_MS, (row_16k, row_48k)

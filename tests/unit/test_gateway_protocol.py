@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from pipeline.gateway.audio_input import BUS_FORMAT, AudioFormat, Encoding
 from pipeline.gateway.protocol import (
     ErrorCode,
     GatewaySession,
     ProtocolError,
     StartAction,
     StopAction,
+    audio_format,
     parse_action,
     result_event,
     speaker_counts,
 )
-from topics import ReportedSpeaker, SessionReport, SessionStop, SpeakerTurn, SpeakerUpdate
+from topics import AudioChunk, ReportedSpeaker, SessionReport, SessionStop, SpeakerTurn, SpeakerUpdate
 from topics.messages import ReportedTurn
 
 
@@ -166,6 +169,102 @@ def test_speaker_counts_gives_only_what_was_given():
     assert speaker_counts(2, None, 6) == {"num_speakers": 2, "min_speakers": 2, "max_speakers": 6}
     assert error_code(lambda: speaker_counts(min_speakers=3, max_speakers=2)) == ErrorCode.INVALID_START
     assert error_code(lambda: speaker_counts(num_speakers=3, max_speakers=2)) == ErrorCode.INVALID_START
+
+
+def started(state: GatewaySession, **fields: object) -> None:
+    """A session of `state` started by a start action with `fields`, as the gateway commits it."""
+    action = start(session_id="s", **fields)
+    state.commit(state.start(action), action.audio_format())
+
+
+def test_start_names_the_audio_format():
+    assert start().audio_format() == BUS_FORMAT == AudioFormat(16000, Encoding.PCM_S16LE)
+    assert start(sample_rate=None, encoding=None).audio_format() == BUS_FORMAT  # null: not given
+    assert start(sample_rate=48000, encoding="pcm_f32le").audio_format() == AudioFormat(48000, Encoding.PCM_F32LE)
+    assert start(sample_rate=8000).audio_format() == AudioFormat(8000, Encoding.PCM_S16LE)
+    assert start(encoding="pcm_f32le").audio_format() == AudioFormat(16000, Encoding.PCM_F32LE)
+    # What `speakerflow stream --sample-rate --encoding` checks its options with.
+    assert audio_format(44100, "pcm_f32le") == AudioFormat(44100, Encoding.PCM_F32LE)
+    assert audio_format() == BUS_FORMAT
+    assert error_code(lambda: audio_format(96000)) == ErrorCode.INVALID_START
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"sample_rate": 7999}, "sample_rate: Input should be greater than or equal to 8000"),
+        ({"sample_rate": 48001}, "sample_rate: Input should be less than or equal to 48000"),
+        ({"sample_rate": "48000"}, "sample_rate"),
+        ({"sample_rate": 44100.5}, "sample_rate"),
+        ({"sample_rate": True}, "sample_rate"),
+        ({"encoding": "opus"}, "encoding: Input should be 'pcm_s16le' or 'pcm_f32le'"),
+        ({"encoding": "PCM_F32LE"}, "encoding"),
+        ({"sampleRate": 48000}, "sampleRate"),
+    ],
+)
+def test_an_unknown_audio_format_is_invalid_start(fields, named):
+    with pytest.raises(ProtocolError) as caught:
+        parse_action(json.dumps({"action": "start", **fields}))
+    assert caught.value.code == ErrorCode.INVALID_START
+    assert named in caught.value.message
+
+
+def test_frames_are_checked_by_the_encoding_and_limited_to_the_same_audio():
+    floats = GatewaySession("gw-test", max_frame_bytes=1000)
+    started(floats, sample_rate=16000, encoding="pcm_f32le")
+    assert error_code(lambda: floats.audio(b"\x00" * 6)) == ErrorCode.ODD_LENGTH_PCM  # 1.5 float samples
+    # 1000 bus bytes are 500 samples: 2000 bytes of float at 16 kHz, 6000 at 48 kHz.
+    assert error_code(lambda: floats.audio(b"\x00" * 2004)) == ErrorCode.FRAME_TOO_LARGE
+    assert floats.audio(b"\x00" * 2000).num_samples == 500
+    nan = np.array([0.0, np.nan], "<f4").tobytes()
+    assert error_code(lambda: floats.audio(nan)) == ErrorCode.NON_FINITE_PCM
+    assert floats.audio(b"\x00" * 4).offset == 0  # refusals moved nothing
+
+    at_48k = GatewaySession("gw-test", max_frame_bytes=1000)
+    started(at_48k, sample_rate=48000, encoding="pcm_f32le")
+    assert error_code(lambda: at_48k.audio(b"\x00" * 6004)) == ErrorCode.FRAME_TOO_LARGE
+    with pytest.raises(ProtocolError) as caught:
+        at_48k.audio(b"\x00" * 6004)
+    assert caught.value.message == "frame of 6004 bytes exceeds the limit of 6000 bytes for 48000 Hz pcm_f32le"
+    at_48k.audio(b"\x00" * 6000)
+
+    shorts = GatewaySession("gw-test", max_frame_bytes=1000)
+    started(shorts, sample_rate=8000)
+    assert error_code(lambda: shorts.audio(b"\x00" * 3)) == ErrorCode.ODD_LENGTH_PCM
+    assert error_code(lambda: shorts.audio(b"\x00" * 502)) == ErrorCode.FRAME_TOO_LARGE  # 1000 bus bytes: 500 here
+
+
+def test_offsets_count_16k_samples_and_the_stop_publishes_the_tail():
+    state = GatewaySession("gw-test", max_frame_bytes=65536)
+    started(state, sample_rate=48000, encoding="pcm_f32le")
+    t = np.arange(48000 * 2 + 5) / 48000
+    wire = (0.5 * np.sin(2 * np.pi * 300 * t)).astype("<f4")
+    chunks: list[AudioChunk] = []
+    for begin in range(0, len(wire), 1234):
+        chunk = state.audio(wire[begin : begin + 1234].tobytes())
+        if chunk is not None:  # the resampler may hold a short first frame back
+            state.commit(chunk)
+            chunks.append(chunk)
+    tail = state.tail()
+    assert tail is not None
+    state.commit(tail)
+    chunks.append(tail)
+    stop = state.stop()
+    state.commit(stop)
+
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1)) and stop.seq == len(chunks) + 1
+    offsets = np.cumsum([0] + [c.num_samples for c in chunks])
+    assert [c.offset for c in chunks] == offsets[:-1].tolist()
+    # 2 s and 5 samples at 48 kHz: 32000 samples and 5/3 of one, rounded, exactly as if sent at 16 kHz.
+    assert stop.offset == offsets[-1] == 32002
+
+    # A session in the bus format has no tail.
+    state.end()
+    started(state)
+    state.commit(state.audio(b"\x00" * 320))
+    assert state.tail() is None and state.stop().offset == 160
+    state.end()
+    assert error_code(state.tail) == ErrorCode.NOT_STARTED
 
 
 def test_parse_action_accepts():
