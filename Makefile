@@ -75,6 +75,21 @@ $(TOOLS)/docker-compose-$(COMPOSE_VERSION):
 	rm -rf $(TOOLS)/compose-build
 	ln -sfn docker-compose-$(COMPOSE_VERSION) $(TOOLS)/docker-compose
 
+# livekit-server for the LiveKit ingest test (tests/integration/test_livekit.py), from the Go module
+# proxy like helm. Pinned at v1.13.5: newer versions depend on forks the proxy does not serve.
+# The module's binary is named `server`; it is kept under its versioned name, so a present binary
+# skips the (about 4 minute) build.
+LIVEKIT_VERSION := v1.13.5
+
+tools: $(TOOLS)/livekit-server-$(LIVEKIT_VERSION)
+
+$(TOOLS)/livekit-server-$(LIVEKIT_VERSION):
+	rm -rf $(TOOLS)/livekit-build && mkdir -p $(TOOLS)/livekit-build
+	GOBIN=$(CURDIR)/$(TOOLS)/livekit-build GOPROXY=https://proxy.golang.org CGO_ENABLED=0 \
+	  $(GO) install -trimpath -ldflags '-s -w' github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_VERSION)
+	mv $(TOOLS)/livekit-build/server $@ && rmdir $(TOOLS)/livekit-build
+	ln -sfn livekit-server-$(LIVEKIT_VERSION) $(TOOLS)/livekit-server
+
 # Lint and format are checked first: CI fails on either before it spends time on the suite.
 # One pytest run over all of tests/ (unit, integration on one broker, deploy), so it always
 # collects tests; the slowest are listed, to keep an eye on the suite's time.

@@ -103,6 +103,41 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _livekit(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from pipeline.metrics import LIVEKIT_METRICS_PORT
+    from pipeline.producers.livekit import LiveKitIngest
+
+    counts = _speaker_counts(args)
+    ingest = LiveKitIngest(
+        args.url,
+        settings.kafka,
+        api_key=args.api_key,
+        api_secret=args.api_secret,
+        room=args.room,
+        counts=counts,
+        publish_results=args.publish_results,
+        report_timeout_s=settings.report_timeout_s,
+    )
+    # The same port setting as a stage worker's (0: off), with the ingest's own fixed default.
+    port = LIVEKIT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
+    if port:
+        start_http_server(port)
+
+    async def run_until_signalled() -> None:
+        # SIGTERM (a pod or container stopping) and Ctrl-C leave the rooms, so every session gets its stop.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, ingest.stop)
+        await ingest.run()
+
+    asyncio.run(run_until_signalled())
+    return 0
+
+
 def _stream(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.gateway.audio_input import Encoding
     from pipeline.gateway.protocol import ProtocolError, audio_format, session_url
@@ -332,6 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--reference", type=Path, help="RTTM to compare the reported talk time with")
     stream.add_argument("--json", action="store_true", help="print the report event as JSON")
     stream.set_defaults(run=_stream)
+
+    livekit = commands.add_parser("livekit", help="ingest every audio track of LiveKit rooms, one session per track")
+    livekit.add_argument("--url", required=True, help="LiveKit server URL, e.g. ws://HOST:7880")
+    livekit.add_argument("--api-key", help="LiveKit API key (default: LIVEKIT_API_KEY)")
+    livekit.add_argument("--api-secret", help="LiveKit API secret (default: LIVEKIT_API_SECRET)")
+    rooms = livekit.add_mutually_exclusive_group(required=True)
+    rooms.add_argument("--room", help="ingest this room and exit once the ingest has left it")
+    rooms.add_argument("--all-rooms", action="store_true", help="ingest every room no other ingest instance holds")
+    _add_speaker_counts(livekit, "each track")
+    livekit.add_argument(
+        "--publish-results",
+        action="store_true",
+        help="send speaker updates back into the room on data topic speakerflow",
+    )
+    livekit.set_defaults(run=_livekit)
 
     up = commands.add_parser("up", help="start Kafka, the workers and the gateway in the background (state in .run/)")
     up.add_argument("--kafka-port", type=int, default=9092)

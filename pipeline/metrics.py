@@ -66,10 +66,23 @@ MODEL_INFO = Gauge(
 )
 GATEWAY_CONNECTIONS = Gauge("speakerflow_gateway_connections", "Open WebSocket connections on the gateway")
 GATEWAY_SESSIONS = Counter("speakerflow_gateway_sessions_total", "Gateway sessions by how they ended", ["outcome"])
+LIVEKIT_ROOMS = Gauge("speakerflow_livekit_rooms", "LiveKit rooms this ingest instance is joined to")
+LIVEKIT_TRACKS = Gauge("speakerflow_livekit_tracks", "LiveKit audio tracks this ingest instance feeds as sessions")
+LIVEKIT_FRAMES = Counter(
+    "speakerflow_livekit_frames_total", "Audio frames (10 ms, 16 kHz) received from LiveKit tracks"
+)
+LIVEKIT_FRAME_SECONDS = Histogram(
+    "speakerflow_livekit_frame_seconds",
+    # The SDK resamples 48 kHz to 16 kHz in its native layer as it hands the frame over; this is the Python side.
+    "Time to turn one received 16 kHz frame into bus records and publish those it completes",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
 
 # Fixed per-stage ports (9101, 9102, 9103 in stage order), so that one stack of each stage on
 # one host is scraped without configuration.
 STAGE_METRICS_PORTS = {stage: 9101 + i for i, stage in enumerate(STAGES)}
+# The LiveKit ingest's, next to them.
+LIVEKIT_METRICS_PORT = 9104
 
 
 def audio_seconds(message: BusMessage) -> float:

@@ -38,6 +38,10 @@ METRIC_CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "speakerflow_model_info": ("gauge", frozenset({"stage", "model", "device"})),
     "speakerflow_gateway_connections": ("gauge", frozenset()),
     "speakerflow_gateway_sessions_total": ("counter", frozenset({"outcome"})),
+    "speakerflow_livekit_rooms": ("gauge", frozenset()),
+    "speakerflow_livekit_tracks": ("gauge", frozenset()),
+    "speakerflow_livekit_frames_total": ("counter", frozenset()),
+    "speakerflow_livekit_frame_seconds": ("histogram", frozenset()),
 }
 
 

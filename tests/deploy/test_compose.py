@@ -152,6 +152,28 @@ def test_gateway_listens_on_all_interfaces(project: dict) -> None:
     assert {(str(p["target"]), str(p.get("published"))) for p in gateway["ports"]} >= {(GATEWAY_PORT, GATEWAY_PORT)}
 
 
+def test_livekit_ingest_runs_only_with_its_profile_and_takes_credentials_from_the_environment(
+    compose_cli: list[str],
+) -> None:
+    env = {"COMPOSE_PROFILES": "livekit", "LIVEKIT_URL": "ws://lk.example:7880", "LIVEKIT_API_SECRET": "s" * 32}
+    project = _load_project(compose_cli, COMPOSE_FILE, env={**env, "LIVEKIT_API_KEY": "key"})
+    ingest = project["services"]["livekit"]
+    assert ingest["command"] == ["livekit", "--url", "ws://lk.example:7880", "--all-rooms", "--publish-results"]
+    assert ingest["environment"]["LIVEKIT_API_KEY"] == "key"
+    assert ingest["environment"]["LIVEKIT_API_SECRET"] == "s" * 32
+    # The secret reaches the SDK through the environment, never the command line.
+    assert not any("s" * 32 in part for part in ingest["command"])
+    assert ingest["environment"]["SPEAKERFLOW_METRICS_PORT"] == WORKER_METRICS_PORT
+    # Replicas share the rooms by lease: no fixed name or host port may stop a second one.
+    assert "container_name" not in ingest and not ingest.get("ports")
+
+
+def test_prometheus_discovers_livekit_ingest_replicas() -> None:
+    names = {name for job in _scrape_jobs().values() for sd in job.get("dns_sd_configs", ()) for name in sd["names"]}
+    assert "livekit" in names
+    assert _raw_compose()["services"]["livekit"]["environment"]["SPEAKERFLOW_METRICS_PORT"] == WORKER_METRICS_PORT
+
+
 def test_profile_comes_from_the_environment(compose_cli: list[str]) -> None:
     project = _load_project(compose_cli, COMPOSE_FILE, env={"SPEAKERFLOW_PROFILE": "fast"})
     for name, service in _image_services(project).items():

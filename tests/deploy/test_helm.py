@@ -262,7 +262,8 @@ def pod_specs(manifests: Manifests) -> Iterator[tuple[str, dict]]:
 
 
 def env_of(container: dict) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container.get("env", [])}
+    """The literal environment; entries from a Secret (valueFrom) are left out."""
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
 
 
 def autoscaled_targets(manifests: Manifests) -> list[tuple[str, str]]:
@@ -513,6 +514,45 @@ def test_services_and_service_monitor_reach_the_pods(default: Manifests, gpu_ked
     assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}
 
 
+def test_livekit_ingest_is_off_by_default_and_takes_its_credentials_from_a_secret(render, default: Manifests) -> None:
+    assert "livekit" not in deployments(default)
+    manifests = render(
+        values={"livekit": {"enabled": True, "url": "wss://lk.example", "replicaCount": 2}, "metrics": {"port": 9300}}
+    )
+    for manifest in manifests:
+        validate_manifest(manifest, KUBE_VERSIONS[0])
+    ingest = deployments(manifests)["livekit"]
+    assert ingest["spec"]["replicas"] == 2  # replicas divide the rooms by lease
+    assert "livekit" not in [name for _, name in autoscaled_targets(manifests)]
+    (container,) = ingest["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == [
+        "speakerflow",
+        "livekit",
+        "--url",
+        "wss://lk.example",
+        "--all-rooms",
+        "--publish-results",
+    ]
+    with mock.patch.dict(os.environ, env_of(container), clear=True):
+        settings = Settings.from_env()
+    assert settings.metrics_port == 9300 == {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"]
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secrets == {
+        "LIVEKIT_API_KEY": {"name": "livekit-credentials", "key": "api-key"},
+        "LIVEKIT_API_SECRET": {"name": "livekit-credentials", "key": "api-secret"},
+    }
+    (service,) = [s for s in of_kind(manifests, "Service") if component(s) == "livekit"]
+    assert matches(service["spec"]["selector"], ingest["spec"]["template"]["metadata"]["labels"])
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["metrics"]
+
+    one_room = deployments(render(sets=("livekit.enabled=true", "livekit.url=ws://lk:7880", "livekit.room=standup")))
+    assert one_room["livekit"]["spec"]["template"]["spec"]["containers"][0]["command"][3:6] == [
+        "ws://lk:7880",
+        "--room",
+        "standup",
+    ]
+
+
 def test_ingress_routes_to_the_gateway_service(default: Manifests, gpu_keda: Manifests) -> None:
     assert of_kind(default, "Ingress") == []
     (ingress,) = of_kind(gpu_keda, "Ingress")
@@ -548,6 +588,7 @@ def test_service_account_choice_reaches_every_pod(render, default: Manifests) ->
         ("workers.embed.gpus=1", "gpus"),
         ("workers.segment.keda.lagThreshold=0", "lagThreshold"),
         ("gateway.service.type=Internal", "type"),
+        ("livekit.url=livekit:7880", "url"),
     ],
 )
 def test_values_schema_rejects_mistakes(helm, assignment: str, complaint: str) -> None:
