@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.stages.accurate.aggregation import FRAME_S, Binarizer, WindowActivity, aggregate, output_grid
-from pipeline.stages.accurate.reclustering import constrained_average_linkage, keep_live_ids
+from pipeline.stages.accurate.reclustering import LEFT_OUT, constrained_average_linkage, keep_live_ids
 from pipeline.stages.accurate.segmentation import stitch
 from pipeline.stages.accurate.speaker_assignment import NEW, assign, cosine_distances
 
@@ -201,6 +201,40 @@ def test_the_maximum_count_caps_the_estimate():
     vectors, _ = voices(5, per_voice=3, spread=0.1, seed=9)
     labels = constrained_average_linkage(vectors, np.ones(15), np.zeros((15, 15), bool), distance=0.3, max_clusters=3)
     assert labels.max() + 1 == 3
+
+
+def test_fewer_speakers_asked_for_than_estimated_merge_the_cheapest_first():
+    vectors, truth = voices(3, per_voice=5, spread=0.1, seed=11)
+    blip = voices(1, per_voice=2, spread=0.1, seed=12)[0]  # another sound, heavy enough to count as a speaker
+    weights = np.array([3.0] * 15 + [0.8] * 2)
+    labels = constrained_average_linkage(
+        np.concatenate([vectors, blip]),
+        weights,
+        np.zeros((17, 17), bool),
+        distance=0.3,
+        min_cluster_weight=1.0,
+        num_clusters=3,
+    )
+    # The blip joins a voice; no two voices merge to make room for it.
+    assert labels.max() + 1 == 3
+    assert same_partition(labels[:15], truth)
+
+
+def test_a_voice_past_the_count_heard_over_every_speaker_is_left_out():
+    vectors, truth = voices(3, per_voice=4, spread=0.1, seed=13)
+    cannot = np.zeros((12, 12), bool)
+    cannot[8:, :8] = cannot[:8, 8:] = True  # the third voice, the least heard, always talks over the other two
+    weights = np.array([1.0] * 8 + [0.5] * 4)
+    labels = constrained_average_linkage(vectors, weights, cannot, distance=0.3, num_clusters=2)
+    assert (labels[8:] == LEFT_OUT).all()
+    assert same_partition(labels[:8], truth[:8]) and labels[:8].max() + 1 == 2
+
+
+def test_the_minimum_count_splits_the_estimate():
+    vectors, truth = voices(2, per_voice=5, spread=0.1, seed=14)
+    labels = constrained_average_linkage(vectors, np.ones(10), np.zeros((10, 10), bool), distance=5.0, min_clusters=2)
+    assert labels.max() + 1 == 2
+    assert same_partition(labels, truth)
 
 
 def test_final_clusters_keep_the_live_ids_they_match():

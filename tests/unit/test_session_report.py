@@ -40,6 +40,21 @@ def test_the_report_has_exactly_the_number_of_speakers_asked_for(asked):
     assert sum(s.total_time_ms for s in report.speakers) == 12_000
 
 
+def test_a_blip_never_takes_one_of_the_speakers_asked_for():
+    state = material({0: voice(0), 1: voice(1)})
+    # An embedding no settled speech is nearest to (a track heard for a moment), unlike either voice.
+    state.embedded.append(Embedded(track=9, time_s=1.0, speech_s=0.3, vector=voice(7)))
+    report = ReportBuilder(CONFIG).report(state, SESSION, 6.0, num_speakers=2, max_speakers=2)
+    assert sorted(s.total_time_ms for s in report.speakers) == [3000, 3000]
+
+
+def test_the_lower_bound_is_honoured_without_a_count():
+    state = material({0: voice(0), 1: voice(0, noise=0.05), 2: voice(0, noise=0.05, seed=1)})
+    estimated = ReportBuilder(CONFIG).report(state, SESSION, 9.0, num_speakers=None, max_speakers=20)
+    bounded = ReportBuilder(CONFIG).report(state, SESSION, 9.0, num_speakers=None, max_speakers=20, min_speakers=2)
+    assert len(estimated.speakers) == 1 and len(bounded.speakers) == 2
+
+
 def test_without_a_count_the_report_estimates_it():
     state = material({0: voice(0), 1: voice(1), 2: voice(0, noise=0.05), 3: voice(2)})
     report = ReportBuilder(CONFIG).report(state, SESSION, 12.0, num_speakers=None, max_speakers=20)

@@ -6,7 +6,8 @@ segmentation"), on tracks rather than single windows. Three parts, each with its
 own part of the session state, share the recent windows this stage keeps:
 
 1. `speaker_identity`: which speaker each track is, by an optimal one-to-one
-   assignment under cannot-link; twins merged back.
+   assignment under cannot-link; twins merged back; at most the speaker limit
+   of them shown, grouped.
 2. `live_labels`: each region labelled `latency_s` after it, from the mean of every
    window that covered it, with hysteresis; several speakers may be active at
    once. Updates and turns.
@@ -16,6 +17,8 @@ own part of the session state, share the recent windows this stage keeps:
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from pydantic import ConfigDict, Field
@@ -32,12 +35,14 @@ from topics.messages import ACTIVITY_SCALE, SAMPLE_RATE, SessionStart, SessionSt
 class OverlapClusteringSessionState(JsonSessionState):
     """One session: the speaker count asked for, the windows in hand, and each part's own state."""
 
-    # 2: identity, live labels and report each in a part of their own (1: one flat model, stored unversioned).
-    VERSION = 2
+    # 3: the speaker floor; identity with evidence per track, apart pairs and shown ids (2: identity, live
+    # labels and report each in a part of their own; 1: one flat model, stored unversioned).
+    VERSION = 3
     model_config = ConfigDict(extra="forbid")
 
     num_speakers: int | None
     speaker_limit: int
+    speaker_floor: int
     last_step: int = -1
     ingest_ms: int = 0  # the newest ingest time of any window, carried by the updates
     end_s: float = 0.0  # end of the newest window
@@ -62,7 +67,9 @@ class OverlapClusteringStage:
         self.report = ReportBuilder(config)
 
     def start(self, message: SessionStart) -> OverlapClusteringSessionState:
-        return OverlapClusteringSessionState(num_speakers=message.num_speakers, speaker_limit=message.speaker_limit)
+        return OverlapClusteringSessionState(
+            num_speakers=message.num_speakers, speaker_limit=message.speaker_limit, speaker_floor=message.speaker_floor
+        )
 
     def push(self, state: OverlapClusteringSessionState, message: WindowEmbeddings) -> list[ClusterOutput]:
         """Apply one window; replayed windows are ignored."""
@@ -85,12 +92,14 @@ class OverlapClusteringStage:
         speech_s = {
             t: sum(window.activity[slot]) * window.frame_step_s for slot, t in enumerate(window.tracks) if t >= 0
         }
-        together = co_active(window)
+        together = co_active(window, self.config.co_active_threshold, self.config.co_active_min_s)
         # The window's tracks embedded this time, in slot order.
         fresh = {t: message.embeddings[t] for t in window.tracks if t >= 0 and t in message.embeddings}
         if fresh:
             self.report.keep_embeddings(state.report, window, fresh, speech_s, together)
-        self.identity.identify(state.identity, state.windows, fresh, speech_s, together, state.speaker_limit)
+        self.identity.identify(
+            state.identity, state.windows, fresh, speech_s, together, state.speaker_limit, state.speaker_floor
+        )
         latency = min(self.config.latency_s, state.window_s)
         outputs = self.live.settle(
             state.live, message.session_id, state.windows, state.end_s - latency, state.ingest_ms
@@ -106,7 +115,9 @@ class OverlapClusteringStage:
         outputs += self.live.close_turns(state.live, message.session_id)
         self.report.settle(state.report, state.windows, end_s)
         outputs.append(
-            self.report.report(state.report, message.session_id, end_s, state.num_speakers, state.speaker_limit)
+            self.report.report(
+                state.report, message.session_id, end_s, state.num_speakers, state.speaker_limit, state.speaker_floor
+            )
         )
         return outputs
 
@@ -116,14 +127,15 @@ class OverlapClusteringStage:
         state.windows = [w for w in state.windows if w.end_s > settled]
 
 
-def co_active(window: WindowActivity, threshold: float = 0.5, min_frames: int = 2) -> set[tuple[int, int]]:
-    """Pairs of the window's tracks (a < b) that talk at the same time: never the same speaker."""
+def co_active(window: WindowActivity, threshold: float, min_s: float) -> set[tuple[int, int]]:
+    """Pairs of the window's tracks (a < b) both at least `threshold` active for `min_s` together: two voices."""
     on = (np.asarray(window.activity) >= threshold).astype(np.int32)
     shared = on @ on.T
+    frames = max(1, math.ceil(min_s / window.frame_step_s - 1e-6))
     tracks = window.tracks
     return {
         (min(tracks[i], tracks[j]), max(tracks[i], tracks[j]))
         for i in range(len(tracks))
         for j in range(i + 1, len(tracks))
-        if tracks[i] >= 0 and tracks[j] >= 0 and shared[i, j] >= min_frames
+        if tracks[i] >= 0 and tracks[j] >= 0 and shared[i, j] >= frames
     }

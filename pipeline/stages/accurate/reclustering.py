@@ -3,16 +3,73 @@
 Live labels had to be decided with the evidence of the moment; at the end every
 track's embedding is known, so the tracks are clustered again together
 (average linkage on cosine distance, never joining two tracks that were heard
-at the same time). The number of speakers is given, or estimated: merging stops
-at `distance`, and a cluster with too little speech to be a speaker of its own
-joins its nearest neighbour. The clusters then take the live ids clients have
-already seen, wherever the overlap of talk time allows.
+at the same time). A cluster with too little speech to be a speaker of its own
+(`min_cluster_weight`) is not counted: it joins its nearest speaker. The number
+of speakers is estimated where merging passes `distance`. When fewer are wanted
+(the count given, or the upper bound), the speakers go on merging, the pair that
+costs least first (Ward: distance times the weight the merge moves), so a small
+cluster of noise or of one voice's odd moments joins a speaker before two voices
+merge. When more are wanted, the merging stops earlier, at the step nearest the
+threshold with the count wanted (after pyannote's `AgglomerativeClustering`). So a
+blip of noise never takes one of the speakers asked for. The clusters then take
+the live ids clients have already seen, wherever the overlap of talk time allows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+LEFT_OUT = -1  # label of a vector that belongs to no speaker
+
+
+class _Linkage:
+    """Size-weighted average linkage under cannot-link, merge by merge."""
+
+    def __init__(self, vectors: np.ndarray, weights: np.ndarray, cannot_link: np.ndarray) -> None:
+        n = len(vectors)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self.dist = 1.0 - unit @ unit.T
+        np.fill_diagonal(self.dist, np.inf)
+        self.blocked = cannot_link.astype(bool).copy()
+        self.size = np.asarray(weights, float).copy()
+        self.members = {i: [i] for i in range(n)}
+
+    def closest(self, rows: list[int] | None = None, columns: list[int] | None = None) -> tuple[int, int, float]:
+        """The closest admissible pair (among `rows` x `columns` when given): i, j, distance (inf: none)."""
+        masked = np.where(self.blocked, np.inf, self.dist)
+        if rows is not None:
+            masked = masked[np.ix_(rows, columns)]
+        if not masked.size:
+            return -1, -1, np.inf
+        i, j = divmod(int(np.argmin(masked)), masked.shape[1])
+        d = float(masked[i, j])
+        return (rows[i], columns[j], d) if rows is not None else (i, j, d)
+
+    def cheapest(self, clusters: list[int]) -> tuple[int, int, float]:
+        """The admissible pair of `clusters` that costs least to merge: distance times harmonic weight (Ward)."""
+        best = (-1, -1, np.inf)
+        for k, i in enumerate(clusters):
+            for j in clusters[k + 1 :]:
+                if not self.blocked[i, j]:
+                    cost = self.dist[i, j] * self.size[i] * self.size[j] / (self.size[i] + self.size[j])
+                    if cost < best[2]:
+                        best = (i, j, float(cost))
+        return best
+
+    def merge(self, i: int, j: int) -> None:
+        dist, wi, wj = self.dist, self.size[i], self.size[j]
+        merged = (dist[i] * wi + dist[j] * wj) / (wi + wj)
+        dist[i], dist[:, i] = merged, merged
+        dist[i, i] = np.inf
+        self.blocked[i] |= self.blocked[j]
+        self.blocked[:, i] = self.blocked[i]
+        dist[j], dist[:, j] = np.inf, np.inf
+        self.size[i] += self.size[j]
+        self.members[i] += self.members.pop(j)
+
+    def speakers(self, min_weight: float) -> list[int]:
+        return [c for c in self.members if self.size[c] >= min_weight]
 
 
 def constrained_average_linkage(
@@ -23,74 +80,77 @@ def constrained_average_linkage(
     num_clusters: int | None = None,
     max_clusters: int | None = None,
     min_cluster_weight: float = 0.0,
+    min_clusters: int = 1,
 ) -> np.ndarray:
-    """Cluster labels 0..k-1 for each vector.
+    """Cluster labels 0..k-1 for each vector (`LEFT_OUT` for one that can join no speaker).
 
-    Merges the closest admissible pair (size-weighted average linkage) until the
-    closest pair is farther than `distance` (when `num_clusters` is None) or
-    `num_clusters` remain; then clusters lighter than `min_cluster_weight` join
-    their nearest admissible cluster, and past `max_clusters` the closest pairs
-    keep merging. Pairs linked by `cannot_link` never merge.
+    Merges the closest admissible pair (size-weighted average linkage) while it is no
+    farther than `distance`; the clusters then weighing at least `min_cluster_weight`
+    are the speakers. With `num_clusters` given, or that estimate outside
+    [`min_clusters`, `max_clusters`]: fewer wanted, the cheapest pair of speakers (Ward)
+    merges, or the lightest is left out where that costs less, until that many remain;
+    more wanted, the merging stops instead at the step nearest the threshold where the
+    count of speakers is the one wanted. The lighter clusters then join their nearest
+    speaker; one that may join none is left out. Pairs linked by `cannot_link` never merge.
     """
     n = len(vectors)
     if n == 0:
         return np.zeros(0, int)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    dist = 1.0 - unit @ unit.T
-    blocked = cannot_link.astype(bool).copy()
-    np.fill_diagonal(dist, np.inf)
-    size = np.asarray(weights, float).copy()
-    members = {i: [i] for i in range(n)}
-
-    def closest(candidates: list[int] | None = None) -> tuple[int, int, float]:
-        masked = np.where(blocked, np.inf, dist)
-        if candidates is not None:
-            rows = np.full(n, np.inf)
-            cols = np.full(n, -1)
-            for c in candidates:
-                cols[c] = int(np.argmin(masked[c]))
-                rows[c] = masked[c, cols[c]]
-            i = int(np.argmin(rows))
-            return i, int(cols[i]), float(rows[i])
-        flat = int(np.argmin(masked))
-        i, j = divmod(flat, n)
-        return i, j, float(masked[i, j])
-
-    def merge(i: int, j: int) -> None:
-        wi, wj = size[i], size[j]
-        merged = (dist[i] * wi + dist[j] * wj) / (wi + wj)
-        dist[i], dist[:, i] = merged, merged
-        dist[i, i] = np.inf
-        blocked[i] |= blocked[j]
-        blocked[:, i] = blocked[i]
-        dist[j], dist[:, j] = np.inf, np.inf
-        size[i] += size[j]
-        members[i] += members.pop(j)
-
-    def stop(d: float) -> bool:
-        if not np.isfinite(d):
-            return True
-        if num_clusters is not None:
-            return len(members) <= num_clusters
-        return d > distance and (max_clusters is None or len(members) <= max_clusters)
-
-    while len(members) > 1:
-        i, j, d = closest()
-        if stop(d):
-            break
-        merge(i, j)
-    floor = num_clusters if num_clusters is not None else 1
-    while len(members) > floor:
-        light = [c for c in members if size[c] < min_cluster_weight]
-        if not light:
-            break
-        i, j, d = closest(light)
+    # The whole merge sequence once, to find where to stop.
+    linkage = _Linkage(vectors, weights, cannot_link)
+    heights, counts = [], [len(linkage.speakers(min_cluster_weight))]
+    while len(linkage.members) > 1:
+        i, j, d = linkage.closest()
         if not np.isfinite(d):
             break
-        merge(i, j)
-    labels = np.zeros(n, int)
-    for label, root in enumerate(sorted(members, key=lambda c: min(members[c]))):
-        labels[members[root]] = label
+        linkage.merge(i, j)
+        heights.append(d)
+        counts.append(len(linkage.speakers(min_cluster_weight)))
+    at_threshold = next((step for step, d in enumerate(heights) if d > distance), len(heights))
+    wanted = num_clusters
+    if wanted is None:
+        estimate = counts[at_threshold]
+        ceiling = max_clusters if max_clusters is not None else n
+        wanted = None if min_clusters <= estimate <= ceiling else min(max(estimate, min_clusters), ceiling)
+    fewer = wanted is not None and wanted < counts[at_threshold]
+    stop = at_threshold
+    if wanted is not None and not fewer:
+        stop = min(range(len(counts)), key=lambda step: (abs(counts[step] - wanted), abs(step - at_threshold)))
+    linkage = _Linkage(vectors, weights, cannot_link)
+    for _ in range(stop):
+        i, j, _d = linkage.closest()
+        linkage.merge(i, j)
+    # Fewer wanted: merge the pair that costs least, or leave the lightest speaker out (a voice past the count,
+    # or noise) where that costs less: its weight at `distance`, as far as a voice may be from every other.
+    left_out: list[int] = []
+    while fewer:
+        speakers = [c for c in linkage.speakers(min_cluster_weight) if c not in left_out]
+        if len(speakers) <= wanted:
+            break
+        i, j, cost = linkage.cheapest(speakers)
+        lightest = min(speakers, key=lambda c: linkage.size[c])
+        if linkage.size[lightest] * distance < cost:
+            left_out.append(lightest)
+        elif np.isfinite(cost):
+            linkage.merge(i, j)
+        else:
+            break
+    # The speakers: the clusters that weigh enough, or the heaviest `wanted` where no step has that many
+    # (cannot-link may leave more apart than asked for, and a short session may have fewer that weigh enough).
+    by_weight = sorted((c for c in linkage.members if c not in left_out), key=lambda c: -linkage.size[c])
+    speakers = linkage.speakers(min_cluster_weight)
+    if wanted is not None:
+        speakers = by_weight[:wanted]
+    speakers = speakers or by_weight[:1]
+    while True:
+        rest = [c for c in linkage.members if c not in speakers and c not in left_out]
+        i, j, d = linkage.closest(rest, speakers)
+        if not np.isfinite(d):
+            break
+        linkage.merge(j, i)
+    labels = np.full(n, LEFT_OUT)
+    for label, root in enumerate(sorted(speakers, key=lambda c: min(linkage.members[c]))):
+        labels[linkage.members[root]] = label
     return labels
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import Binarizer, WindowActivity, aggregate, output_grid, seconds_to_ms
-from pipeline.stages.accurate.reclustering import constrained_average_linkage, keep_live_ids
+from pipeline.stages.accurate.reclustering import LEFT_OUT, constrained_average_linkage, keep_live_ids
 from topics.messages import LabeledSpan, ReportedSpeaker, SessionReport
 
 
@@ -103,13 +103,20 @@ class ReportBuilder:
                 )
 
     def report(
-        self, state: ReportState, session_id: str, end_s: float, num_speakers: int | None, max_speakers: int
+        self,
+        state: ReportState,
+        session_id: str,
+        end_s: float,
+        num_speakers: int | None,
+        max_speakers: int,
+        min_speakers: int = 1,
     ) -> SessionReport:
-        """The report of the whole session: `num_speakers` speakers if given, else an estimate up to `max_speakers`."""
-        label_of_piece = self._final_labels(state, num_speakers, max_speakers)
+        """The report of the whole session: `num_speakers` speakers if given, else an estimate within the bounds."""
+        label_of_piece = self._final_labels(state, num_speakers, min_speakers, max_speakers)
         by_speaker: dict[int, list[tuple[int, int]]] = {}
         for piece, label in zip(state.pieces, label_of_piece):
-            by_speaker.setdefault(label, []).append((piece.start_ms, piece.end_ms))
+            if label is not None:
+                by_speaker.setdefault(label, []).append((piece.start_ms, piece.end_ms))
         turns = []
         totals = {}
         for speaker, intervals in by_speaker.items():
@@ -124,8 +131,13 @@ class ReportBuilder:
             turns=turns,
         )
 
-    def _final_labels(self, state: ReportState, num_speakers: int | None, max_speakers: int) -> list[int]:
-        """A final speaker id for every report piece: the cluster of its track's embedding nearest in time."""
+    def _final_labels(
+        self, state: ReportState, num_speakers: int | None, min_speakers: int, max_speakers: int
+    ) -> list[int | None]:
+        """A final speaker id for every report piece: the cluster of its track's embedding nearest in time.
+
+        None for a piece whose embedding belongs to no speaker (a voice past the count, heard over every speaker).
+        """
         if not state.pieces:
             return []
         items = state.embedded
@@ -146,12 +158,13 @@ class ReportBuilder:
             num_clusters=num_speakers,
             max_clusters=max_speakers,
             min_cluster_weight=self.config.report_min_speaker_s,
+            min_clusters=min_speakers,
         )
         clusters = int(labels.max()) + 1 if count else 0
         lives = max(p.live for p in state.pieces) + 1
         overlap = np.zeros((clusters, lives))
         for piece, item in zip(state.pieces, item_of_piece):
-            if item is not None:
+            if item is not None and labels[item] != LEFT_OUT:
                 overlap[labels[item], piece.live] += piece.end_ms - piece.start_ms
         final = keep_live_ids(overlap)
         # A piece of a track never embedded follows its live speaker's main cluster.
@@ -159,11 +172,11 @@ class ReportBuilder:
         result = []
         for piece, item in zip(state.pieces, item_of_piece):
             if item is not None:
-                result.append(final[int(labels[item])])
+                result.append(final[int(labels[item])] if labels[item] != LEFT_OUT else None)
             elif piece.live in cluster_of_live:
                 result.append(final[cluster_of_live[piece.live]])
-            else:
-                result.append(piece.live)
+            else:  # no evidence of whose voice it is: a speaker of its own, unless the count is already full
+                result.append(piece.live if num_speakers is None else None)
         return result
 
 
