@@ -8,6 +8,7 @@ import pytest
 from pipeline.config import SegmentationConfig
 from pipeline.devstack.synthetic import TWO_SPEAKER_SCRIPT, synthesize
 from pipeline.producers.audio_file import float_to_pcm16
+from pipeline.producers.chunking import session_records
 from pipeline.stages.accurate.segmentation import (
     SegmentationModel,
     SegmentationSessionState,
@@ -45,16 +46,8 @@ def pcm() -> np.ndarray:
 
 
 def chunks(pcm: np.ndarray) -> list[AudioChunk]:
-    return [
-        AudioChunk(
-            session_id=SESSION,
-            seq=seq,
-            offset=offset,
-            producer="test",
-            pcm=pcm[offset : offset + CHUNK].astype("<i2").tobytes(),
-        )
-        for seq, offset in enumerate(range(0, len(pcm), CHUNK), start=1)
-    ]
+    """The chunks a producer sends, without its stop."""
+    return list(session_records(pcm, SessionStart(session_id=SESSION, producer="test"), CHUNK))[:-1]
 
 
 def run(stage: SegmentationStage, state: SegmentationSessionState, pieces: list[AudioChunk], finish: bool = True):

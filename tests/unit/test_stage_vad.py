@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.config import VadConfig
 from pipeline.devstack.synthetic import VOICES, Conversation, script_for, speak, synthesize
+from pipeline.producers.chunking import session_records
 from pipeline.stages.base import StateVersionError
 from pipeline.stages.fast.vad import SileroVad, VadSessionState, VadStage
 from topics.messages import SAMPLE_RATE, AudioChunk, SessionStart, SessionStop, SpeechStep
@@ -47,16 +48,9 @@ def pcm(conversation) -> np.ndarray:
 
 
 def make_chunks(pcm: np.ndarray, size: int, first_seq: int = 1) -> list[AudioChunk]:
-    return [
-        AudioChunk(
-            session_id=SESSION,
-            seq=seq,
-            offset=offset,
-            producer="test",
-            pcm=pcm[offset : offset + size].astype("<i2").tobytes(),
-        )
-        for seq, offset in enumerate(range(0, len(pcm), size), start=first_seq)
-    ]
+    """The chunks a producer sends, without its stop."""
+    start = SessionStart(session_id=SESSION, seq=first_seq - 1, producer="test")
+    return list(session_records(pcm, start, size))[:-1]
 
 
 def feed(
