@@ -126,7 +126,12 @@ async def _run(server, bootstrap: str, metrics_port: int) -> dict[str, object]:
                     found[message.session_id] = message
                     if len(found) == 2:
                         break
-        await _wait_for(lambda: any(m["type"] == "report" for _, m in messages), 10, "a report in the room")
+        # Both reports reach the room too: they travel apart, so one may land well after the other.
+        await _wait_for(
+            lambda: len({m["sessionId"] for _, m in messages if m["type"] == "report"}) == 2,
+            30,
+            "both reports in the room",
+        )
         async with api.LiveKitAPI(server.url, server.api_key, server.api_secret) as service:
             await service.room.delete_room(api.DeleteRoomRequest(room=ROOM))
         # With the room gone the ingest has nothing left to hold and exits.
