@@ -96,6 +96,11 @@ $(TOOLS)/livekit-server-$(LIVEKIT_VERSION):
 test: setup tools lint
 	$(PY) -m pytest -q --durations=10
 
+# The fuzz tests with a long budget (make test runs them with a bounded one): tests/unit/conftest.py.
+fuzz: setup
+	FUZZ_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_protocol.py tests/unit/test_fuzz_bus_decode.py
+.PHONY: fuzz
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

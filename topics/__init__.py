@@ -27,17 +27,22 @@ from topics.messages import (
 from topics.registry import (
     ALL_TOPICS,
     AUDIO,
+    DEAD_LETTER_HEADERS,
+    DEAD_LETTERS,
     SESSION_REPORTS,
     SPEAKER_TURNS,
     SPEAKER_UPDATES,
     SPEECH_STEPS,
     STEP_EMBEDDINGS,
     TopicSpec,
+    dead_letter_headers,
 )
 
 __all__ = [
     "ALL_TOPICS",
     "AUDIO",
+    "DEAD_LETTERS",
+    "DEAD_LETTER_HEADERS",
     "SCHEMA_VERSION",
     "SESSION_REPORTS",
     "SPEAKER_TURNS",
@@ -59,6 +64,7 @@ __all__ = [
     "StepEmbedding",
     "WindowEmbeddings",
     "TopicSpec",
+    "dead_letter_headers",
     "decode",
     "encode",
 ]

@@ -8,6 +8,7 @@ session reports are compacted to the latest report per session.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from topics.messages import (
@@ -86,6 +87,17 @@ SESSION_REPORTS = TopicSpec(
     retention_ms=None,
     cleanup_policy="compact",
 )
+# A record that a stage could decode but not handle, as it was read, so an operator can see why and
+# replay it. It may be audio, so it is kept for minutes as audio is.
+DEAD_LETTERS = TopicSpec(
+    name="speakerflow.dead-letters",
+    description=(
+        "Records a stage decoded but failed to handle, each as it was read (key, value, headers) with "
+        "dl-* headers naming the error and where it was read; the stage moved on past it."
+    ),
+    messages=tuple(dict.fromkeys(AUDIO.messages + SPEECH_STEPS.messages + STEP_EMBEDDINGS.messages)),
+    retention_ms=10 * MINUTE_MS,
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     AUDIO,
@@ -94,4 +106,24 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SPEAKER_UPDATES,
     SPEAKER_TURNS,
     SESSION_REPORTS,
+    DEAD_LETTERS,
 )
+
+# The headers a dead letter adds to the failed record's own. Not sf-*: those are the record's fields.
+DEAD_LETTER_HEADERS = ("dl-error-type", "dl-error", "dl-stage", "dl-topic", "dl-partition", "dl-offset")
+# A message longer than this is cut: a header is no place for a whole traceback's worth of text.
+DEAD_LETTER_ERROR_CHARS = 1000
+
+
+def dead_letter_headers(
+    record_headers: Iterable[tuple[str, bytes]],
+    error: BaseException,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> list[tuple[str, bytes]]:
+    """The failed record's headers followed by the dead-letter headers (DEAD_LETTER_HEADERS, in that order)."""
+    origin = (type(error).__name__, str(error)[:DEAD_LETTER_ERROR_CHARS], stage, topic, str(partition), str(offset))
+    kept = [(name, value) for name, value in record_headers if name not in DEAD_LETTER_HEADERS]
+    return kept + [(name, value.encode()) for name, value in zip(DEAD_LETTER_HEADERS, origin, strict=True)]

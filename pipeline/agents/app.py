@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import faust
@@ -11,7 +12,7 @@ from faust.types import EventT
 
 from pipeline.metrics import StageMetrics, observe_output
 from pipeline.settings import Settings
-from topics import BusMessage, DecodeError, TopicSpec, decode, encode
+from topics import DEAD_LETTERS, BusMessage, DecodeError, TopicSpec, dead_letter_headers, decode, encode
 from topics.registry import DEFAULT_PARTITIONS
 
 log = logging.getLogger(__name__)
@@ -92,20 +93,74 @@ def decode_event(event: EventT, metrics: StageMetrics) -> BusMessage | None:
         return None
 
 
-async def session_messages(
-    stream: faust.StreamT, sessions: faust.Table, load: Callable[[bytes], State], metrics: StageMetrics
-) -> AsyncIterator[tuple[EventT, BusMessage, State | None]]:
-    """Each valid message of the stream with its session's stored state (None when there is none).
+class RecordGuard:
+    """Keeps a record that fails from stopping its stage: counted, logged with where it was read, dead-lettered.
 
-    The agent handles a message between this generator's yield and its next step, so
-    that span is the message's processing time.
+    Faust ends an agent on an exception, and with it every session on its partitions, so a
+    record that raises is set aside and the agent moves on. It is dead-lettered at once rather
+    than retried after a restart: its offset is committed with the records after it, so no
+    restart would read it again, and a record that raised once raises again on the same state.
     """
+
+    def __init__(self, stage: str, metrics: StageMetrics, dead_letters: faust.TopicT) -> None:
+        self.stage = stage
+        self.metrics = metrics
+        self.dead_letters = dead_letters
+
+    @contextlib.asynccontextmanager
+    async def record(self, event: EventT) -> AsyncIterator[None]:
+        """Handles the event's record in the block; an exception there is the record's failure, not the agent's."""
+        try:
+            yield
+        except Exception as exc:
+            await self.failed(event, exc)
+
+    async def failed(self, event: EventT, error: Exception) -> None:
+        record = event.message
+        self.metrics.error("processing")
+        log.error(
+            "%s failed on record at %s[%s]@%s (dead-lettered, moving on): %s: %s",
+            self.stage,
+            record.topic,
+            record.partition,
+            record.offset,
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
+        headers = event.headers or {}
+        items = list(headers.items() if isinstance(headers, Mapping) else headers)
+        await self.dead_letters.send(
+            key=event.key,
+            value=event.value,
+            headers=dead_letter_headers(items, error, self.stage, record.topic, record.partition, record.offset),
+        )
+
+
+def dead_letter_guard(app: faust.App, stage: str, metrics: StageMetrics) -> RecordGuard:
+    return RecordGuard(stage, metrics, bus_topic(app, DEAD_LETTERS))
+
+
+async def handle_session_messages(
+    stream: faust.StreamT,
+    sessions: faust.Table,
+    load: Callable[[bytes], State],
+    handle: Callable[[EventT, BusMessage, State | None], Awaitable[None]],
+    guard: RecordGuard,
+) -> None:
+    """Hands each valid message of the stream to `handle` with its session's stored state (None when there is none).
+
+    Restoring the state and handling the message are guarded together: a session whose state
+    cannot be restored loses its records, not its partition's other sessions.
+    """
+    metrics = guard.metrics
     async for event in stream.events():
         message = decode_event(event, metrics)
         if message is not None:
-            with metrics.handling(message):
-                stored = sessions.get(event.key)
-                yield event, message, load(stored) if stored is not None else None
+            async with guard.record(event):
+                with metrics.handling(message):
+                    stored = sessions.get(event.key)
+                    await handle(event, message, load(stored) if stored is not None else None)
 
 
 def ingest_ms(event: EventT) -> int:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 
 import faust
+from faust.types import EventT
 
-from pipeline.agents.app import bus_topic, send, session_messages, session_table
+from pipeline.agents.app import bus_topic, dead_letter_guard, handle_session_messages, send, session_table
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
+from pipeline.stages.base import SessionState
 from pipeline.stages.chains import build_cluster
 from topics import (
     SESSION_REPORTS,
     SPEAKER_TURNS,
     SPEAKER_UPDATES,
     STEP_EMBEDDINGS,
+    BusMessage,
     SessionReport,
     SessionStart,
     SessionStop,
@@ -35,25 +38,29 @@ def register(app: faust.App, profile: Profile) -> None:
     stage = build_cluster(profile)
     metrics = StageMetrics("cluster")
 
+    guard = dead_letter_guard(app, "cluster", metrics)
+
+    async def handle(event: EventT, message: BusMessage, state: SessionState | None) -> None:
+        key = event.key
+        if isinstance(message, SessionStart):
+            if state is None:  # a replayed start of a running session changes nothing
+                sessions[key] = stage.start(message).to_bytes()
+            return
+        if state is None:
+            metrics.error("unknown_session")
+            log.warning("%s for unknown session %s", message.TYPE, message.session_id)
+            return
+        if isinstance(message, stage.input_type):
+            outputs = stage.push(state, message)
+            sessions[key] = state.to_bytes()
+        elif isinstance(message, SessionStop):
+            outputs = stage.finish(state, message)
+            del sessions[key]
+        else:
+            return
+        for output in outputs:
+            await send(sinks.get(type(output), updates), output)
+
     @app.agent(source)
     async def cluster(stream: faust.StreamT) -> None:
-        async for event, message, state in session_messages(stream, sessions, stage.state_type.from_bytes, metrics):
-            key = event.key
-            if isinstance(message, SessionStart):
-                if state is None:  # a replayed start of a running session changes nothing
-                    sessions[key] = stage.start(message).to_bytes()
-                continue
-            if state is None:
-                metrics.error("unknown_session")
-                log.warning("%s for unknown session %s", message.TYPE, message.session_id)
-                continue
-            if isinstance(message, stage.input_type):
-                outputs = stage.push(state, message)
-                sessions[key] = state.to_bytes()
-            elif isinstance(message, SessionStop):
-                outputs = stage.finish(state, message)
-                del sessions[key]
-            else:
-                continue
-            for output in outputs:
-                await send(sinks.get(type(output), updates), output)
+        await handle_session_messages(stream, sessions, stage.state_type.from_bytes, handle, guard)
