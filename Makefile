@@ -28,6 +28,14 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps resemblyzer==0.1.4
 	touch $(STAMP)
 
+# Debian's Chromium for the web console's browser tests (tests/integration/browser): Playwright drives
+# it and never downloads a browser of its own. Only the tests need it, so `make demo` does not install it.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+.PHONY: chromium
+
 kafka-jars: $(STAMP)
 	$(VENV)/bin/speakerflow kafka-jars
 .PHONY: kafka-jars
@@ -93,7 +101,7 @@ $(TOOLS)/livekit-server-$(LIVEKIT_VERSION):
 # Lint and format are checked first: CI fails on either before it spends time on the suite.
 # One pytest run over all of tests/ (unit, integration on one broker, deploy), so it always
 # collects tests; the slowest are listed, to keep an eye on the suite's time.
-test: setup tools lint
+test: setup tools chromium lint
 	$(PY) -m pytest -q --durations=10
 
 # The fuzz tests with a long budget (make test runs them with a bounded one): tests/unit/conftest.py.
@@ -113,6 +121,8 @@ DATA ?= ../shared/data
 DEVSET ?= $(DATA)/devset
 ACCURACY_SETS ?= $(DEVSET) $(DATA)/devset-hard/far $(DATA)/devset-hard/phone $(DATA)/devset-hard/noisy $(DATA)/real
 EXCLUDE ?= --exclude dev09 --exclude dev10
+# Known speakers (docs/speakers.md): enrolment clips and conversations of enrolled and unknown readers.
+ENROLLMENT ?= $(DATA)/enrollment
 EVAL_ROWS := --num-speakers none,oracle --labels live,report
 accuracy: setup
 	@for set in $(ACCURACY_SETS); do \
@@ -120,6 +130,11 @@ accuracy: setup
 	  $(VENV)/bin/speakerflow eval $$set $(EXCLUDE) --profile accurate --latency 0.5,1,5 $(EVAL_ROWS) || exit 1; echo; \
 	  $(VENV)/bin/speakerflow eval $$set $(EXCLUDE) --profile fast $(EVAL_ROWS) || exit 1; echo; \
 	done
+	@echo "== known speakers: $(ENROLLMENT)"
+	$(VENV)/bin/speakerflow eval $(ENROLLMENT) --enroll $(ENROLLMENT)/enroll --profile accurate --latency 1
+	$(VENV)/bin/speakerflow eval $(ENROLLMENT) --enroll $(ENROLLMENT)/enroll --profile fast
+	@echo "== known speakers, false accepts on strangers: $(DEVSET) (none of its readers enrolled)"
+	$(VENV)/bin/speakerflow eval $(DEVSET) --enroll $(ENROLLMENT)/enroll --profile accurate --latency 1
 	$(VENV)/bin/speakerflow benchmark $(DEVSET)/audio/dev01.flac --stages --profile accurate
 	$(VENV)/bin/speakerflow benchmark $(DEVSET)/audio/dev01.flac --stages --profile fast
 .PHONY: accuracy

@@ -1,29 +1,83 @@
-"""Kafka plumbing shared by producers, the gateway and the CLI: topics, producers, consumers."""
+"""Kafka plumbing shared by producers, the gateway and the CLI: topics, producers, consumers.
+
+Every client of the project gets its encryption and login from :func:`client_security`
+(aiokafka) or :func:`faust_credentials` (the stage workers), both read from one
+:class:`~pipeline.settings.KafkaSecurity`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
+from pipeline.settings import KafkaSecurity
 from topics import ALL_TOPICS, BusMessage, TopicSpec, encode
+
+if TYPE_CHECKING:
+    import faust
 
 log = logging.getLogger(__name__)
 
+PLAINTEXT = KafkaSecurity()
 
-async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec] = ALL_TOPICS, timeout_s: float = 30.0) -> list[str]:
+
+def client_security(security: KafkaSecurity) -> dict[str, Any]:
+    """The keyword arguments that make an aiokafka client (producer, consumer, admin) connect as configured."""
+    if not security.enabled:
+        return {"security_protocol": "PLAINTEXT"}
+    return {
+        "security_protocol": security.protocol,
+        "ssl_context": tls_context(security),
+        "sasl_mechanism": security.sasl_mechanism,
+        "sasl_plain_username": security.username,
+        "sasl_plain_password": security.resolved_password(),
+    }
+
+
+def faust_credentials(security: KafkaSecurity) -> faust.SASLCredentials | None:
+    """A Faust app's `broker_credentials` for the same connection; None for plaintext."""
+    if not security.enabled:
+        return None
+    # Imported here: the gateway and the CLI use this module and never load Faust.
+    from faust.auth import SASLCredentials
+
+    # An ssl_context makes the credentials SASL_SSL (without one Faust would log in over plaintext).
+    return SASLCredentials(
+        username=security.username,
+        password=security.resolved_password(),
+        mechanism=security.sasl_mechanism,
+        ssl_context=tls_context(security),
+    )
+
+
+def tls_context(security: KafkaSecurity) -> ssl.SSLContext:
+    """Verifies the brokers against the configured CA (else the system's) and their host names."""
+    return create_ssl_context(cafile=security.ca_file, certfile=security.cert_file, keyfile=security.key_file)
+
+
+async def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec] = ALL_TOPICS,
+    timeout_s: float = 30.0,
+    security: KafkaSecurity = PLAINTEXT,
+) -> list[str]:
     """Create the declared topics that do not exist yet; return the names created.
 
     Returns only once every partition of every created topic has a leader: with KRaft,
     metadata reaches the broker's listeners a moment after creation, and clients that
     look earlier see the topic missing.
     """
-    specs = list(specs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    # One spec per name: a table may use a declared topic as its changelog (the speaker registry).
+    specs = list({spec.name: spec for spec in reversed(list(specs))}.values())[::-1]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_security(security))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -60,9 +114,21 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, specs: list[TopicSpec], 
         await asyncio.sleep(0.1)
 
 
-def new_producer(bootstrap: str, **options) -> AIOKafkaProducer:
+def new_producer(bootstrap: str, security: KafkaSecurity = PLAINTEXT, **options) -> AIOKafkaProducer:
     # acks=all with idempotence: a retried send never duplicates or reorders a session's records.
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, **options)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        **client_security(security),
+        **options,
+    )
+
+
+def new_consumer(bootstrap: str, security: KafkaSecurity = PLAINTEXT, **options) -> AIOKafkaConsumer:
+    """A consumer connecting as configured; `options` are aiokafka's (group, offsets, topics to subscribe)."""
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, **client_security(security), **options)
 
 
 async def publish(producer: AIOKafkaProducer, spec: TopicSpec, message: BusMessage) -> None:
@@ -70,13 +136,15 @@ async def publish(producer: AIOKafkaProducer, spec: TopicSpec, message: BusMessa
     await producer.send_and_wait(spec.name, value=value, key=key, headers=headers)
 
 
-async def tail_consumer(bootstrap: str, specs: Iterable[TopicSpec]) -> AIOKafkaConsumer:
+async def tail_consumer(
+    bootstrap: str, specs: Iterable[TopicSpec], security: KafkaSecurity = PLAINTEXT
+) -> AIOKafkaConsumer:
     """A group-less consumer on every partition of the topics, starting at their end.
 
     Each reader of results (a gateway, a replay waiting for its report) sees all
     sessions' results and keeps those it serves, so any number can run at once.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = new_consumer(bootstrap, security, enable_auto_commit=False, group_id=None)
     try:
         # A failed start (no broker) still leaves a client to close.
         await consumer.start()

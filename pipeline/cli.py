@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bus import ensure_topics
 
-    created = asyncio.run(ensure_topics(settings.kafka))
+    created = asyncio.run(ensure_topics(settings.kafka, security=settings.kafka_security))
     print(f"created: {', '.join(created)}" if created else "all topics exist")
     return 0
 
@@ -92,6 +93,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             realtime=args.realtime,
             wait_report_s=None if args.no_wait else settings.report_timeout_s,
             progress=sys.stderr.isatty(),
+            security=settings.kafka_security,
             **counts,
         )
     )
@@ -121,6 +123,7 @@ def _livekit(args: argparse.Namespace, settings: Settings) -> int:
         counts=counts,
         publish_results=args.publish_results,
         report_timeout_s=settings.report_timeout_s,
+        security=settings.kafka_security,
     )
     # The same port setting as a stage worker's (0: off), with the ingest's own fixed default.
     port = LIVEKIT_METRICS_PORT if settings.metrics_port is None else settings.metrics_port
@@ -180,6 +183,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = settings.run_dir
     stack = Stack(run_dir.resolve(), settings, broker_port=args.kafka_port, fixed_metrics_ports=True).start(detach=True)
     print(f"speakerflow is up: Kafka {stack.settings.kafka}, gateway {stack.gateway_url} (logs in {run_dir / 'logs'})")
+    print(f"web console: {stack.gateway_url}/")
     print("metrics: " + ", ".join(f"{name} {stack.metrics_url(name)}" for name in [*stack.metrics_ports, "gateway"]))
     return 0
 
@@ -202,7 +206,7 @@ def _benchmark(args: argparse.Namespace, settings: Settings) -> int:
         from pipeline.config import load_profile
         from pipeline.evaluation.stage_benchmark import run_stage_benchmark
 
-        print(run_stage_benchmark(_load(args.file), load_profile(args.profile or settings.profile)))
+        print(run_stage_benchmark(_load(args.file), load_profile(args.profile or settings.profile), args.sessions))
         return 0
     from pipeline.devstack.stack_benchmark import run_benchmark
 
@@ -218,6 +222,30 @@ def _scale_out(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _capacity(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from pipeline.devstack import capacity
+
+    try:
+        sessions = capacity.parse_sessions(args.sessions)
+        workers = capacity.parse_workers(args.workers)
+    except ValueError as exc:
+        raise SystemExit(f"speakerflow capacity: {exc}") from None
+    if args.seconds <= 0:
+        raise SystemExit("speakerflow capacity: --seconds takes a positive number")
+    try:
+        clips = capacity.file_clips(args.files, args.seconds) if args.files else capacity.default_clips(args.seconds)
+    except ValueError as exc:  # an unreadable file, a dev set without labelled recordings
+        raise SystemExit(f"speakerflow capacity: {exc}") from None
+    run = capacity.run_capacity(
+        clips, replace(settings, profile=args.profile or settings.profile), sessions, workers, args.keep_going
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(run.to_json(), indent=2))
+    return 0
+
+
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.config import load_profile
     from pipeline.evaluation.der import (
@@ -229,6 +257,8 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
         parse_count,
     )
 
+    if args.enroll is not None:
+        return _eval_identification(args)
     through = args.through is not None
     if not through and (args.speed is not None or args.concurrency is not None):
         raise SystemExit("speakerflow eval: --speed and --concurrency pace sessions streamed --through a stack")
@@ -257,6 +287,36 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _eval_identification(args: argparse.Namespace) -> int:
+    """`eval --enroll`: known-speaker identification, false accept and DER with names on and off."""
+    from pipeline.config import load_profile
+    from pipeline.evaluation.der import EvaluationError, with_latency
+    from pipeline.evaluation.identification import evaluate_identification, format_identification
+
+    if args.through is not None:
+        raise SystemExit("speakerflow eval: --enroll scores in process; it does not take --through")
+    try:
+        latencies = _listed(args.latency)
+        if len(latencies) > 1:
+            raise EvaluationError("--enroll scores one latency at a time")
+        profile = load_profile(args.profile or "accurate")
+        profile = with_latency(profile, float(latencies[0]) if latencies else None)
+        rows = evaluate_identification(
+            args.dir,
+            args.enroll,
+            profile,
+            thresholds=tuple(float(x) for x in _listed(args.identify_threshold)),
+            collar=args.collar,
+            exclude=tuple(args.exclude),
+        )
+    except (EvaluationError, ValueError) as exc:
+        raise SystemExit(f"speakerflow eval: {exc}") from None
+    print(format_identification(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows[0] if len(rows) == 1 else {"thresholds": rows}, indent=2))
+    return 0
+
+
 def _eval_through(args: argparse.Namespace, settings: Settings, profile: Profile, rows: list[Condition]) -> list[dict]:
     """`eval --through`: the recordings streamed through a running stack's gateway, its labels scored."""
     from aiokafka.errors import KafkaConnectionError
@@ -278,6 +338,7 @@ def _eval_through(args: argparse.Namespace, settings: Settings, profile: Profile
             collar=args.collar,
             rttm_out=args.rttm_out,
             exclude=tuple(args.exclude),
+            security=settings.kafka_security,
         )
     except KafkaConnectionError:
         raise SystemExit(f"speakerflow eval: cannot reach Kafka at {settings.kafka} (SPEAKERFLOW_KAFKA)") from None
@@ -292,13 +353,74 @@ def _listed(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def _speakers(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.producers.gateway_http import GatewayApiError, SpeakersClient, base_url
+
+    client = SpeakersClient(args.url or base_url(settings.gateway_host, settings.gateway_port))
+    try:
+        if args.action == "enroll":
+            missing = [str(f) for f in args.files if not f.is_file()]
+            if missing:
+                raise SystemExit(f"speakerflow speakers: no such file: {', '.join(missing)}")
+            speaker = client.enroll(args.name, args.files)
+            print(f"enrolled {speaker['name']} as {speaker['id']} ({speaker['speechS']:.1f} s of speech)")
+        elif args.action == "add":
+            speaker = client.add_clips(args.id, args.files)
+            print(f"{speaker['name']} ({speaker['id']}): {speaker['clips']} clips, {speaker['speechS']:.1f} s speech")
+        elif args.action == "list":
+            speakers = client.list()
+            if args.json:
+                print(json.dumps(speakers, indent=2))
+            for speaker in [] if args.json else speakers:
+                print(f"{speaker['id']}  {speaker['name']:<24} {speaker['clips']} clip(s) {speaker['speechS']:6.1f} s")
+            if not speakers and not args.json:
+                print("no speakers enrolled")
+        else:
+            client.delete(args.id)
+            print(f"deleted {args.id}")
+    except GatewayApiError as exc:
+        raise SystemExit(f"speakerflow speakers: {exc}") from None
+    return 0
+
+
+def _job(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from pipeline.producers.gateway_http import GatewayApiError, JobsClient, base_url
+
+    client = JobsClient(args.url or base_url(settings.gateway_host, settings.gateway_port))
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"speakerflow job: no such file: {', '.join(missing)}")
+    try:
+        job = client.submit(args.files)
+        print(f"job {job['id']}: {len(job['clips'])} clips", file=sys.stderr)
+        if not (args.wait or args.export):
+            print(job["id"])
+            return 0
+        shown = -1
+        while job["status"] == "running":
+            time.sleep(1.0)
+            job = client.status(job["id"])
+            percent = int(100 * job["progress"])
+            if percent != shown:
+                print(f"  {percent:3d} %", file=sys.stderr)
+                shown = percent
+        if job["status"] != "done":
+            raise SystemExit(f"speakerflow job: job {job['id']} {job['status']}: {job.get('error')}")
+        sys.stdout.write(client.export(job["id"], args.export or "text"))
+    except GatewayApiError as exc:
+        raise SystemExit(f"speakerflow job: {exc}") from None
+    return 0
+
+
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from aiokafka.errors import KafkaConnectionError
 
     from pipeline.export import ReportNotFound, fetch_report, format_report
 
     try:
-        report = asyncio.run(fetch_report(settings.kafka, args.session))
+        report = asyncio.run(fetch_report(settings.kafka, args.session, settings.kafka_security))
     except ReportNotFound as exc:
         raise SystemExit(f"speakerflow export: {exc}") from None
     except KafkaConnectionError:
@@ -392,12 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="measure CPU per process for N real-time sessions streamed through a fresh stack"
     )
     bench.add_argument("file", type=Path)
-    bench.add_argument("--sessions", type=int, default=1)
+    bench.add_argument(
+        "--sessions",
+        type=int,
+        default=1,
+        help="streams at once (with --stages: batched in one process, as workers batch)",
+    )
     _add_speaker_counts(bench, whose="each session")
     bench.add_argument(
         "--stages",
         action="store_true",
-        help="instead: compute per audio second of each stage, one stream, one core, no broker",
+        help="instead: compute per audio second of each stage per stream, on one core, with no broker",
     )
     bench.add_argument("--profile", choices=PROFILES, help="profile for --stages (default SPEAKERFLOW_PROFILE)")
     bench.set_defaults(run=_benchmark)
@@ -413,6 +540,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--kill", choices=["segment", "cluster"], help="then run again, SIGKILLing one worker of this stage"
     )
     scale.set_defaults(run=_scale_out)
+
+    capacity = commands.add_parser(
+        "capacity",
+        help="how many real-time sessions a fresh stack holds: a ramp of live sessions through its gateway",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(
+            textwrap.fill(paragraph, 100)
+            for paragraph in (
+                "Start a fresh stack (broker, workers, gateway, in a temporary directory) and ramp concurrent "
+                "real-time sessions through its gateway, as seed-protocol WebSocket clients stream them, from a separate "
+                "client process. Each step prints one row: the update delay (when a speaker event arrived minus when the "
+                "audio up to the position it describes was sent, so it includes the profile's latency) at p50/p95/p99, "
+                "the time from stop to report (max, p95), what was lost, the CPU seconds per wall second of each process, "
+                "the stage workers' resident memory (peak, and its growth over the idle stack per session), and the "
+                "changelog bytes written per session-second, read back from the broker.",
+                "A step is HELD when the p95 update delay is at most the profile's latency + 0.5 s, every report came "
+                "within 3 s of its stop, and nothing was lost (no session without a report, no error event, no update "
+                "dropped, no update step without an update). The ramp stops after the first step not held (unless "
+                "--keep-going) and ends with the largest number of sessions held. docs/scaling.md explains the table.",
+            )
+        ),
+    )
+    capacity.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="WAV/FLAC to stream, cycled over the sessions; a FILE.rttm beside one gives its speaker count "
+        "(default: the dev set ../shared/data/devset with its RTTM counts, or synthesized two-voice conversations "
+        "where it is missing)",
+    )
+    capacity.add_argument("--profile", choices=PROFILES, help="profile the stack runs (default SPEAKERFLOW_PROFILE)")
+    capacity.add_argument(
+        "--sessions", default="2,4,8,12,16,24,32,48", help="the ramp: sessions at once per step (default %(default)s)"
+    )
+    capacity.add_argument(
+        "--seconds", type=float, default=60.0, help="audio per session, cut from each file (default %(default)g)"
+    )
+    capacity.add_argument("--workers", help="workers per stage, e.g. segment=2,embed=2,cluster=2 (default one of each)")
+    capacity.add_argument("--keep-going", action="store_true", help="run every step, held or not")
+    capacity.add_argument("--json", type=Path, metavar="FILE", help="write every figure of every step here as JSON")
+    capacity.set_defaults(run=_capacity)
 
     evaluation = commands.add_parser(
         "eval",
@@ -476,6 +645,21 @@ def build_parser() -> argparse.ArgumentParser:
         "0: as fast as possible)",
     )
     evaluation.add_argument("--concurrency", type=int, help="with --through: sessions streamed at once (default 4)")
+    evaluation.add_argument(
+        "--enroll",
+        type=Path,
+        metavar="ENROLL_DIR",
+        help="score known-speaker identification instead (docs/speakers.md): enrol every clip in ENROLL_DIR "
+        "(or its enroll/) under its file stem, then score how much of the enrolled readers' speech carries their "
+        "name (live after each one's first 5 s, and in the report), how much unknown speech carries one, and DER "
+        "with names on and off",
+    )
+    evaluation.add_argument(
+        "--identify-threshold",
+        metavar="T",
+        help="with --enroll: the naming threshold (cosine similarity), or several comma-separated to sweep "
+        "(default: the profile's)",
+    )
     evaluation.set_defaults(run=_eval)
 
     export = commands.add_parser(
@@ -485,6 +669,47 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="text")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(run=_export)
+
+    speakers = commands.add_parser(
+        "speakers",
+        help="enrol, list and delete known speakers through a gateway's enrolment API (docs/speakers.md)",
+        description="Known speakers are named in live sessions and reports when their voice matches. The clips "
+        "(WAV, FLAC, MP3 or OGG, any rate and channels) must hold at least 3 s of speech of one voice.",
+    )
+    speakers.add_argument(
+        "--url", help="the gateway, e.g. http://127.0.0.1:8000 (default from SPEAKERFLOW_GATEWAY_HOST/PORT)"
+    )
+    speaker_actions = speakers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    enroll = speaker_actions.add_parser("enroll", help="enrol a new speaker from clips of their voice")
+    enroll.add_argument("name", help="the speaker's name, as sessions will show it")
+    enroll.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio clips of this speaker only")
+    add = speaker_actions.add_parser("add", help="add clips to an enrolled speaker")
+    add.add_argument("id", help="the speaker's profile id (see list)")
+    add.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    listing = speaker_actions.add_parser("list", help="every enrolled speaker")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON")
+    delete = speaker_actions.add_parser("delete", help="delete an enrolled speaker; later sessions no longer name them")
+    delete.add_argument("id", help="the speaker's profile id (see list)")
+    speakers.set_defaults(run=_speakers)
+
+    job = commands.add_parser(
+        "job",
+        help="diarize several recordings as one batch job through a gateway, the same voice linked across them",
+        description="Each recording runs through the dataflow as a session of its own; once all are reported, "
+        "their speakers are linked so the same voice has one label in every recording (its enrolled name where "
+        "it has one).",
+    )
+    job.add_argument(
+        "--url", help="the gateway, e.g. http://127.0.0.1:8000 (default from SPEAKERFLOW_GATEWAY_HOST/PORT)"
+    )
+    job_actions = job.add_subparsers(dest="action", required=True, metavar="ACTION")
+    submit = job_actions.add_parser("submit", help="submit recordings as one job; prints its id")
+    submit.add_argument("files", nargs="+", type=Path, metavar="FILE", help="WAV, FLAC, MP3 or OGG recordings")
+    submit.add_argument("--wait", action="store_true", help="follow the job's progress, then print its results")
+    submit.add_argument(
+        "--export", choices=("json", "csv", "text", "rttm"), help="print the results in this format (implies --wait)"
+    )
+    job.set_defaults(run=_job)
 
     demo = commands.add_parser("demo", help="synthesize a conversation and stream it live through the whole dataflow")
     demo.add_argument("--speakers", type=int, choices=[2, 3], default=2)

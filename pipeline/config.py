@@ -86,6 +86,9 @@ class SegmentationConfig:
     min_embed_activity_s: float = 0.3
     embed_growth: float = 1.8
     embed_refresh_s: float = 2.0
+    # Windows segmented in one forward pass (of any sessions): on one CPU core the cost per window
+    # is lowest at about 8 (17 ms alone, 10 ms in a batch of 8, 13 ms in one of 16).
+    batch_windows: int = 8
     device: str | None = None  # None: CUDA when present, else CPU
     cpu_threads: int = 1
 
@@ -155,6 +158,36 @@ class OverlapClusteringConfig:
 
 
 @dataclass(frozen=True)
+class SpeakerNamingConfig:
+    """Both profiles, cluster stage: session speakers named after enrolled profiles (`pipeline.stages.speaker_naming`)."""
+
+    # Cosine similarity between a speaker's centroid and a profile's embedding from which the speaker
+    # carries the profile's name; below it the speaker stays unknown. CAM++ (the accurate chain's) on the
+    # enrolment dev set: every speaker that can be named right is from 0.30 to 0.70 (fewer past it), its
+    # unknown voices take names below 0.60; the dev set's 37 readers, none enrolled, take names up to 0.68
+    # (report false accept 1.5 % at 0.65, none from 0.70). 0.70 keeps every right name and gives none
+    # wrongly. The fast chain's Resemblyzer has its own (PROFILES). docs/speakers.md has the sweeps.
+    min_similarity: float = 0.70
+    # A name once given holds while the similarity stays within this much below `min_similarity`,
+    # so a speaker's name does not flicker as its centroid moves.
+    keep_margin: float = 0.05
+    # Embeddings behind a speaker's centroid before it may be named: one short embedding is too noisy.
+    min_evidence: int = 2
+
+
+@dataclass(frozen=True)
+class SpeakerLinkingConfig:
+    """Both profiles: speakers of several sessions linked into one voice each (`pipeline.stages.speaker_linking`)."""
+
+    # Average-linkage cosine distance between report voices up to which they are one voice. A report voice is
+    # a mean of many embeddings, so voices sit closer than single embeddings do: CAM++ over the dev set and the
+    # enrolment conversations (58 report speakers, 53 readers), the one reader of two sessions 0.08 apart,
+    # different readers 0.30 apart at the 1st percentile; every link is right from 0.10 to 0.20, two readers
+    # merge from 0.25.
+    link_distance: float = 0.15
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     vad: VadConfig = field(default_factory=VadConfig)
@@ -163,6 +196,8 @@ class Profile:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     track_embedding: TrackEmbeddingConfig = field(default_factory=TrackEmbeddingConfig)
     overlap_clustering: OverlapClusteringConfig = field(default_factory=OverlapClusteringConfig)
+    naming: SpeakerNamingConfig = field(default_factory=SpeakerNamingConfig)
+    linking: SpeakerLinkingConfig = field(default_factory=SpeakerLinkingConfig)
 
     @property
     def overlap_aware(self) -> bool:
@@ -190,7 +225,19 @@ class Profile:
         return replace(self, overlap_clustering=replace(self.overlap_clustering, latency_s=latency_s))
 
 
-PROFILES: dict[str, Profile] = {"fast": Profile(name="fast"), "accurate": Profile(name="accurate")}
+PROFILES: dict[str, Profile] = {
+    # Resemblyzer's voices sit closer together than CAM++'s: the enrolment set's unknown voices take names below
+    # 0.70, the dev set's below 0.75 (report false accept 5.5 % at 0.72, none at 0.75; live 2.6 %), and enrolled
+    # readers keep theirs up to 0.75, losing a quarter of them by 0.80.
+    # Resemblyzer's report voices sit closer still (different readers 0.17 apart at the 0.5th percentile): the
+    # recurring reader is linked from 0.08, two readers merge from 0.15.
+    "fast": Profile(
+        name="fast",
+        naming=SpeakerNamingConfig(min_similarity=0.75),
+        linking=SpeakerLinkingConfig(link_distance=0.09),
+    ),
+    "accurate": Profile(name="accurate"),
+}
 
 
 def load_profile(name: str) -> Profile:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import io
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from pipeline.bus import PLAINTEXT, new_consumer
 from pipeline.rttm import format_rttm, span_turns
+from pipeline.settings import KafkaSecurity
 from topics import SESSION_REPORTS, DecodeError, SessionReport, decode
 
 FORMATS = ("rttm", "json", "csv", "text")
@@ -23,13 +25,11 @@ class ReportNotFound(LookupError):
     pass
 
 
-async def fetch_report(bootstrap: str, session_id: str) -> SessionReport:
+async def fetch_report(bootstrap: str, session_id: str, security: KafkaSecurity = PLAINTEXT) -> SessionReport:
     """The newest report of the session; ReportNotFound if it has none."""
     # Reading from the start must be the consumer's default: a seek issued right after
     # assign() can lose the race with the default reset to the end.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
-    )
+    consumer = new_consumer(bootstrap, security, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = [TopicPartition(SESSION_REPORTS.name, p) for p in range(SESSION_REPORTS.partitions)]

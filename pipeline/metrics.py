@@ -123,8 +123,9 @@ class StageMetrics:
             self._audio.inc(audio_seconds(message))
 
     @contextlib.contextmanager
-    def handling(self, message: BusMessage) -> Iterator[None]:
-        self.count([message])
+    def handling(self, *messages: BusMessage) -> Iterator[None]:
+        """Times the handling of a record, or of records handled together as one batch."""
+        self.count(messages)
         with self._processing.time():
             yield
 

@@ -8,20 +8,84 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# How clients reach Kafka: in the clear (a dev broker, a trusted network) or TLS with a SASL login.
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every Kafka client of the project (gateway, workers, CLI, producers) connects.
+
+    `pipeline.bus.client_security` turns it into aiokafka arguments and
+    `pipeline.bus.faust_credentials` into Faust's; nothing else reads it.
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    # Kept out of reprs and logs. A password file (a mounted Kubernetes secret) is read when a
+    # client is built, so a rotated secret reaches the next client without a restart.
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    # The CA that signed the brokers' certificates; None: the system's trusted CAs.
+    ca_file: Path | None = None
+    # A client certificate and its key, for brokers that also ask for one (mutual TLS).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"SPEAKERFLOW_KAFKA_SECURITY_PROTOCOL={self.protocol!r}: expected one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}"
+            )
+        if self.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(
+                f"SPEAKERFLOW_KAFKA_SASL_MECHANISM={self.sasl_mechanism!r}: expected one of {', '.join(KAFKA_SASL_MECHANISMS)}"
+            )
+        if self.protocol == "SASL_SSL" and (
+            not self.username or (self.password is None and self.password_file is None)
+        ):
+            raise ValueError(
+                "SPEAKERFLOW_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs SPEAKERFLOW_KAFKA_USERNAME and "
+                "SPEAKERFLOW_KAFKA_PASSWORD or SPEAKERFLOW_KAFKA_PASSWORD_FILE"
+            )
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set SPEAKERFLOW_KAFKA_PASSWORD or SPEAKERFLOW_KAFKA_PASSWORD_FILE, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("SPEAKERFLOW_KAFKA_CERT_FILE and SPEAKERFLOW_KAFKA_KEY_FILE go together")
+
+    @property
+    def enabled(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+    def resolved_password(self) -> str | None:
+        """The password, read from its file if it has one (a trailing newline is not part of it)."""
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\r\n")
+        return self.password
 
 
 @dataclass(frozen=True)
 class Settings:
     # Kafka bootstrap servers, comma-separated.
     kafka: str = "127.0.0.1:9092"
+    # Encryption and login of every Kafka client (SPEAKERFLOW_KAFKA_SECURITY_PROTOCOL and friends).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     # A binary frame larger than this is refused (64 KiB = 2 s of audio).
     max_frame_bytes: int = 65_536
     # How long the gateway waits for a session's report after stop.
     report_timeout_s: float = 60.0
+    # How long a session whose client lost its connection waits for the client to resume it; 0: stop it at once.
+    resume_grace_s: float = 30.0
+    # Signs the resume tokens of `started`; every gateway of a deployment needs the same one for a session to
+    # resume on any of them. None: a random secret per gateway process (resume then works on that gateway only).
+    resume_secret: str | None = field(default=None, repr=False)
     # The stage chain (pipeline.config.PROFILES); every worker of a stack runs the same one. The
     # accurate chain by default; `fast` where the CPU for it is lacking.
     profile: str = "accurate"
@@ -29,6 +93,14 @@ class Settings:
     metrics_port: int | None = None
     # A file a stage worker creates once its partitions are assigned and its tables recovered.
     ready_file: Path | None = None
+    # The enrolment API (pipeline.gateway.speakers_api): the largest clip it takes, and the most clips in one request.
+    enrol_max_clip_bytes: int = 20 * 1024 * 1024
+    enrol_max_clips: int = 10
+    # Batch jobs (pipeline.gateway.jobs_api): the most clips and bytes per clip a job takes, and how many of
+    # its clips stream through the dataflow at once.
+    job_max_clips: int = 20
+    job_max_clip_bytes: int = 100 * 1024 * 1024
+    job_concurrency: int = 4
     # State and logs of `speakerflow up` (the detached local stack).
     run_dir: Path = Path(".run")
     # Where the local broker's jars are collected from Maven Central.
@@ -43,13 +115,31 @@ class Settings:
         defaults = cls()
         return cls(
             kafka=get("KAFKA") or defaults.kafka,
+            kafka_security=KafkaSecurity(
+                protocol=(get("KAFKA_SECURITY_PROTOCOL") or defaults.kafka_security.protocol).upper(),
+                sasl_mechanism=(get("KAFKA_SASL_MECHANISM") or defaults.kafka_security.sasl_mechanism).upper(),
+                username=get("KAFKA_USERNAME"),
+                # Not stripped: spaces may belong to a password.
+                password=env.get("SPEAKERFLOW_KAFKA_PASSWORD") or None,
+                password_file=_path(get("KAFKA_PASSWORD_FILE")),
+                ca_file=_path(get("KAFKA_CA_FILE")),
+                cert_file=_path(get("KAFKA_CERT_FILE")),
+                key_file=_path(get("KAFKA_KEY_FILE")),
+            ),
             gateway_host=get("GATEWAY_HOST") or defaults.gateway_host,
             gateway_port=int(get("GATEWAY_PORT") or defaults.gateway_port),
             max_frame_bytes=int(get("MAX_FRAME_BYTES") or defaults.max_frame_bytes),
             report_timeout_s=float(get("REPORT_TIMEOUT_S") or defaults.report_timeout_s),
+            resume_grace_s=float(get("RESUME_GRACE_S") or defaults.resume_grace_s),
+            resume_secret=get("RESUME_SECRET"),
             profile=get("PROFILE") or defaults.profile,
             metrics_port=_port_or_off(get("METRICS_PORT")),
             ready_file=Path(get("READY_FILE")) if get("READY_FILE") else None,
+            enrol_max_clip_bytes=int(get("ENROL_MAX_CLIP_BYTES") or defaults.enrol_max_clip_bytes),
+            enrol_max_clips=int(get("ENROL_MAX_CLIPS") or defaults.enrol_max_clips),
+            job_max_clips=int(get("JOB_MAX_CLIPS") or defaults.job_max_clips),
+            job_max_clip_bytes=int(get("JOB_MAX_CLIP_BYTES") or defaults.job_max_clip_bytes),
+            job_concurrency=int(get("JOB_CONCURRENCY") or defaults.job_concurrency),
             run_dir=Path(get("RUN_DIR") or defaults.run_dir),
             cache_dir=Path(get("CACHE")).expanduser() if get("CACHE") else defaults.cache_dir,
         )
@@ -58,13 +148,29 @@ class Settings:
         """The SPEAKERFLOW_* variables that make `from_env` return these settings."""
         values = {
             "KAFKA": self.kafka,
+            "KAFKA_SECURITY_PROTOCOL": self.kafka_security.protocol,
+            "KAFKA_SASL_MECHANISM": self.kafka_security.sasl_mechanism,
+            "KAFKA_USERNAME": self.kafka_security.username or "",
+            # A password given as a file stays a file: the secret is not copied into child environments.
+            "KAFKA_PASSWORD": self.kafka_security.password or "",
+            "KAFKA_PASSWORD_FILE": _text(self.kafka_security.password_file),
+            "KAFKA_CA_FILE": _text(self.kafka_security.ca_file),
+            "KAFKA_CERT_FILE": _text(self.kafka_security.cert_file),
+            "KAFKA_KEY_FILE": _text(self.kafka_security.key_file),
             "GATEWAY_HOST": self.gateway_host,
             "GATEWAY_PORT": str(self.gateway_port),
             "MAX_FRAME_BYTES": str(self.max_frame_bytes),
             "REPORT_TIMEOUT_S": repr(self.report_timeout_s),
+            "RESUME_GRACE_S": repr(self.resume_grace_s),
+            "RESUME_SECRET": self.resume_secret or "",
             "PROFILE": self.profile,
             "METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port or "off"),
             "READY_FILE": "" if self.ready_file is None else str(self.ready_file),
+            "ENROL_MAX_CLIP_BYTES": str(self.enrol_max_clip_bytes),
+            "ENROL_MAX_CLIPS": str(self.enrol_max_clips),
+            "JOB_MAX_CLIPS": str(self.job_max_clips),
+            "JOB_MAX_CLIP_BYTES": str(self.job_max_clip_bytes),
+            "JOB_CONCURRENCY": str(self.job_concurrency),
             "RUN_DIR": str(self.run_dir),
             "CACHE": str(self.cache_dir),
         }
@@ -75,3 +181,11 @@ def _port_or_off(value: str | None) -> int | None:
     if value is None:
         return None
     return 0 if value.lower() == "off" else int(value)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def _text(path: Path | None) -> str:
+    return "" if path is None else str(path)

@@ -11,6 +11,7 @@ from topics.messages import (
     BusMessage,
     DecodeError,
     LabeledSpan,
+    NamedSpeaker,
     ReportedSpeaker,
     SegmentedWindow,
     SessionReport,
@@ -29,7 +30,9 @@ from topics.registry import (
     AUDIO,
     DEAD_LETTER_HEADERS,
     DEAD_LETTERS,
+    JOBS,
     SESSION_REPORTS,
+    SPEAKER_PROFILES,
     SPEAKER_TURNS,
     SPEAKER_UPDATES,
     SPEECH_STEPS,
@@ -37,6 +40,7 @@ from topics.registry import (
     TopicSpec,
     dead_letter_headers,
 )
+from topics.speaker_profiles import DEFAULT_TENANT, ProfileEmbedding, ProfileKey, SpeakerProfile
 
 __all__ = [
     "ALL_TOPICS",
@@ -45,6 +49,13 @@ __all__ = [
     "DEAD_LETTER_HEADERS",
     "SCHEMA_VERSION",
     "SESSION_REPORTS",
+    "SPEAKER_PROFILES",
+    "JOBS",
+    "DEFAULT_TENANT",
+    "NamedSpeaker",
+    "ProfileEmbedding",
+    "ProfileKey",
+    "SpeakerProfile",
     "SPEAKER_TURNS",
     "SPEAKER_UPDATES",
     "SPEECH_STEPS",

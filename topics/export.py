@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from topics.jobs import BatchJob
 from topics.messages import (
     FIELD_HEADER_PREFIX,
     MESSAGE_TYPES,
@@ -21,11 +22,14 @@ from topics.messages import (
     _Message,
 )
 from topics.registry import ALL_TOPICS
+from topics.speaker_profiles import SpeakerProfile
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+# Records keyed by something other than a session (`topics.speaker_profiles`), with their own codec.
+RECORD_TYPES = {SpeakerProfile.TYPE: SpeakerProfile, BatchJob.TYPE: BatchJob}
 
 
-def message_schema(cls: type[_Message]) -> dict:
+def message_schema(cls: type[_Message] | type[SpeakerProfile] | type[BatchJob]) -> dict:
     schema = cls.model_json_schema()
     schema["$id"] = f"speakerflow/{cls.TYPE}/v{SCHEMA_VERSION}"
     if issubclass(cls, _AudioMessage):
@@ -57,7 +61,7 @@ def catalogue() -> dict:
 
 
 def rendered() -> dict[str, str]:
-    files = {f"{name}.json": message_schema(cls) for name, cls in MESSAGE_TYPES.items()}
+    files = {f"{name}.json": message_schema(cls) for name, cls in {**MESSAGE_TYPES, **RECORD_TYPES}.items()}
     files["topics.json"] = catalogue()
     return {name: json.dumps(body, indent=2, sort_keys=True) + "\n" for name, body in files.items()}
 

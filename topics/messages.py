@@ -102,6 +102,10 @@ class SessionStart(_JsonMessage):
     min_speakers: int = Field(default=1, ge=1, le=64, description="lower bound when num_speakers is not given")
     max_speakers: int = Field(default=20, ge=1, le=64, description="upper bound when num_speakers is not given")
     producer: str = Field(default="unknown", min_length=1, max_length=128)
+    identify: bool | None = Field(
+        default=None,
+        description="name speakers who match an enrolled profile; null: on when the tenant has profiles",
+    )
 
     @model_validator(mode="after")
     def _count_within_bounds(self) -> SessionStart:
@@ -217,6 +221,14 @@ class LabeledSpan(BaseModel):
     end_ms: int = Field(ge=0)
 
 
+class NamedSpeaker(BaseModel):
+    """The enrolled profile a session speaker matched (`topics.speaker_profiles`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    profile_id: str = Field(min_length=1, max_length=64)
+    speaker_name: str = Field(min_length=1, max_length=128)
+
+
 class SpeakerUpdate(_JsonMessage):
     TYPE: ClassVar[str] = "speaker.update"
     type: Literal["speaker.update"] = "speaker.update"
@@ -230,6 +242,9 @@ class SpeakerUpdate(_JsonMessage):
     )
     speaking_time_ms: dict[int, int] = Field(description="speaking time so far per speaker id")
     ingest_ms: int = Field(ge=0, description="bus timestamp (ms) of the newest audio this update covers")
+    named: dict[int, NamedSpeaker] = Field(
+        default={}, description="the speakers named so far (speaker id -> profile); the others are unknown"
+    )
 
 
 class SpeakerTurn(_JsonMessage):
@@ -239,12 +254,21 @@ class SpeakerTurn(_JsonMessage):
     start_ms: int = Field(ge=0)
     end_ms: int = Field(ge=0)
     final: bool = Field(description="false while the turn is still open; a final turn never changes")
+    speaker_name: str | None = Field(default=None, description="the enrolled name of the speaker, if matched")
+    profile_id: str | None = Field(default=None, description="the enrolled profile of the speaker, if matched")
 
 
 class ReportedSpeaker(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: int = Field(ge=0)
     total_time_ms: int = Field(ge=0)
+    speaker_name: str | None = Field(default=None, description="the enrolled name of the speaker, if matched")
+    profile_id: str | None = Field(default=None, description="the enrolled profile of the speaker, if matched")
+    embedding: list[float] | None = Field(
+        default=None,
+        description="the speaker's voice: the L2-normalised centroid of its embeddings, in the report's "
+        "embedding_model (for linking speakers across sessions)",
+    )
 
 
 ReportedTurn = LabeledSpan
@@ -256,6 +280,9 @@ class SessionReport(_JsonMessage):
     duration_ms: int = Field(ge=0)
     speakers: list[ReportedSpeaker]
     turns: list[ReportedTurn]
+    embedding_model: str | None = Field(
+        default=None, description="the model of the speakers' embeddings (the embed stage's model_name)"
+    )
 
 
 BusMessage = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from topics.jobs import BatchJob
 from topics.messages import (
     AudioChunk,
     SegmentedWindow,
@@ -24,6 +25,7 @@ from topics.messages import (
     WindowEmbeddings,
     _Message,
 )
+from topics.speaker_profiles import SpeakerProfile
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -35,15 +37,19 @@ DEFAULT_PARTITIONS = 8
 class TopicSpec:
     name: str
     description: str
-    messages: tuple[type[_Message], ...]
+    messages: tuple[type[_Message] | type[SpeakerProfile] | type[BatchJob], ...]
     retention_ms: int | None  # None keeps records until compaction replaces them
     cleanup_policy: str = "delete"
     partitions: int = DEFAULT_PARTITIONS
     key: str = "session id, UTF-8"
+    # The largest record the topic takes; None for the broker's default (1 MiB).
+    max_message_bytes: int | None = None
 
     def kafka_config(self) -> dict[str, str]:
         config = {"cleanup.policy": self.cleanup_policy}
         config["retention.ms"] = str(self.retention_ms if self.retention_ms is not None else -1)
+        if self.max_message_bytes is not None:
+            config["max.message.bytes"] = str(self.max_message_bytes)
         return config
 
 
@@ -99,6 +105,37 @@ DEAD_LETTERS = TopicSpec(
     retention_ms=10 * MINUTE_MS,
 )
 
+# The speaker registry: every enrolled profile, embeddings only (never audio), compacted to the
+# latest record per profile and kept until a tombstone deletes it. One partition: a few thousand
+# small records that every cluster worker reads whole (a Faust GlobalTable, which faust
+# recommends with one partition).
+SPEAKER_PROFILES = TopicSpec(
+    name="speakerflow.speaker-profiles",
+    description=(
+        "The speaker registry: one speaker.profile per enrolled speaker (name, an embedding per model, "
+        "speech seconds, clips, created/updated times); a tombstone deletes it. Compacted."
+    ),
+    messages=(SpeakerProfile,),
+    retention_ms=None,
+    cleanup_policy="compact",
+    partitions=1,
+    key="<tenant>/<profile id>, UTF-8",
+)
+
+# Batch jobs: the latest state of each, compacted, so a restarted gateway still knows every job.
+JOBS = TopicSpec(
+    name="speakerflow.jobs",
+    description=(
+        "Batch jobs: one batch.job per job (its clips' sessions and progress, then its linked voices); "
+        "a tombstone deletes it. Compacted."
+    ),
+    messages=(BatchJob,),
+    retention_ms=None,
+    cleanup_policy="compact",
+    partitions=1,
+    key="<tenant>/<job id>, UTF-8",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     AUDIO,
     SPEECH_STEPS,
@@ -107,6 +144,8 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     SPEAKER_TURNS,
     SESSION_REPORTS,
     DEAD_LETTERS,
+    SPEAKER_PROFILES,
+    JOBS,
 )
 
 # The headers a dead letter adds to the failed record's own. Not sf-*: those are the record's fields.

@@ -10,6 +10,8 @@ from typing import TypeVar
 import faust
 from faust.types import EventT
 
+from pipeline.agents.session_states import CHECKPOINT_MAX_BYTES, SessionStates
+from pipeline.bus import faust_credentials
 from pipeline.metrics import StageMetrics, observe_output
 from pipeline.settings import Settings
 from topics import DEAD_LETTERS, BusMessage, DecodeError, TopicSpec, dead_letter_headers, decode, encode
@@ -24,6 +26,7 @@ def build_app(stage: str, settings: Settings) -> faust.App:
     return faust.App(
         f"speakerflow-{stage}",
         broker=f"kafka://{settings.kafka.replace(',', ';kafka://')}",
+        broker_credentials=faust_credentials(settings.kafka_security),
         # Tables live in memory and are rebuilt from their changelog topics when a worker takes a partition.
         store="memory://",
         topic_partitions=DEFAULT_PARTITIONS,
@@ -31,6 +34,8 @@ def build_app(stage: str, settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         producer_acks=-1,
+        # Checkpoints of long sessions outgrow the default 1 MiB request.
+        producer_max_request_size=CHECKPOINT_MAX_BYTES,
         # How long a dead worker's partitions wait for a survivor: Faust's 60 s default stalls
         # every session on a SIGKILLed worker for a minute. Heartbeats stay at 3 s.
         broker_session_timeout=10.0,
@@ -56,16 +61,6 @@ def bus_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     )
 
 
-def session_table(app: faust.App, name: str, spec: TopicSpec) -> faust.Table:
-    # Co-partitioned with the stage's input topic, so a session's state moves with its partition.
-    return app.Table(
-        name,
-        partitions=spec.partitions,
-        key_type=bytes,  # bytes keys and values: raw serializers, our own encoding
-        value_type=bytes,
-    )
-
-
 def changelog_specs(app: faust.App) -> list[TopicSpec]:
     """The app's table changelogs, created up front like the bus topics so Faust never races their metadata."""
     return [
@@ -76,6 +71,7 @@ def changelog_specs(app: faust.App) -> list[TopicSpec]:
             retention_ms=None,
             cleanup_policy="compact",
             partitions=table.partitions,
+            max_message_bytes=CHECKPOINT_MAX_BYTES,
         )
         for table in app.tables.values()
     ]
@@ -143,12 +139,12 @@ def dead_letter_guard(app: faust.App, stage: str, metrics: StageMetrics) -> Reco
 
 async def handle_session_messages(
     stream: faust.StreamT,
-    sessions: faust.Table,
-    load: Callable[[bytes], State],
+    sessions: SessionStates[State],
+    replay: Callable[[State, BusMessage, int], object],
     handle: Callable[[EventT, BusMessage, State | None], Awaitable[None]],
     guard: RecordGuard,
 ) -> None:
-    """Hands each valid message of the stream to `handle` with its session's stored state (None when there is none).
+    """Hands each valid message of the stream to `handle` with its session's state (None when there is none).
 
     Restoring the state and handling the message are guarded together: a session whose state
     cannot be restored loses its records, not its partition's other sessions.
@@ -159,8 +155,7 @@ async def handle_session_messages(
         if message is not None:
             async with guard.record(event):
                 with metrics.handling(message):
-                    stored = sessions.get(event.key)
-                    await handle(event, message, load(stored) if stored is not None else None)
+                    await handle(event, message, await sessions.get(event, replay))
 
 
 def ingest_ms(event: EventT) -> int:

@@ -14,13 +14,14 @@ import faust
 from pipeline.agents.app import bus_topic, dead_letter_guard, decode_event, send
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
+from pipeline.settings import Settings
 from pipeline.stages.chains import build_embed
 from topics import SPEECH_STEPS, STEP_EMBEDDINGS, BusMessage
 
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, profile: Profile) -> None:
+def register(app: faust.App, profile: Profile, settings: Settings) -> None:
     source, sink = bus_topic(app, SPEECH_STEPS), bus_topic(app, STEP_EMBEDDINGS)
     stage = build_embed(profile)
     metrics = StageMetrics("embed")

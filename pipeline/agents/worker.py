@@ -15,10 +15,11 @@ from pipeline.bus import ensure_topics
 from pipeline.config import Profile, load_profile
 from pipeline.settings import Settings
 from pipeline.stages.base import STAGES
+from pipeline.stages.device import limit_blas_threads
 from topics import ALL_TOPICS
 
 # What puts each stage's agent on an app; keyed exactly by `STAGES` (a unit test holds them together).
-REGISTRARS: dict[str, Callable[[faust.App, Profile], None]] = {
+REGISTRARS: dict[str, Callable[[faust.App, Profile, Settings], None]] = {
     "segment": segment.register,
     "embed": embed.register,
     "cluster": cluster.register,
@@ -41,9 +42,11 @@ class StageWorker(faust.Worker):
 def run_worker(stage: str, settings: Settings, loglevel: str = "warning") -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    # Workers scale with processes: no stage gains from numpy's BLAS threads, which spin when idle.
+    limit_blas_threads(1)
     app = build_app(stage, settings)
-    REGISTRARS[stage](app, load_profile(settings.profile))
-    asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)]))
+    REGISTRARS[stage](app, load_profile(settings.profile), settings)
+    asyncio.run(ensure_topics(settings.kafka, [*ALL_TOPICS, *changelog_specs(app)], security=settings.kafka_security))
     serve_worker_metrics(app, stage, settings.metrics_port)
     ready_file = settings.ready_file
     if ready_file is not None:

@@ -48,7 +48,8 @@ def run_demo(speakers: int = 2, settings: Settings | None = None) -> int:
         Stack(Path(run_dir), settings) as stack,
     ):
         url = stack.session_url
-        print(f"Streaming in real time through {url}\n", flush=True)
+        print(f"Streaming in real time through {url}")
+        print(f"Watch it in the web console: {stack.gateway_url}/#watch\n", flush=True)
         report_event = asyncio.run(
             stream_session(url, float_to_pcm16(conversation.audio), num_speakers=speakers, on_event=LiveView())
         )

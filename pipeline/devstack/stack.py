@@ -71,7 +71,7 @@ class Stack:
             self.broker.start(detach=detach)
         self.settings = replace(self.settings, kafka=self.bootstrap or self.broker.bootstrap_servers)
         try:
-            asyncio.run(ensure_topics(self.settings.kafka))
+            asyncio.run(ensure_topics(self.settings.kafka, security=self.settings.kafka_security))
             for stage, count in self.workers.items():
                 for index in range(count):
                     self._spawn_worker(f"worker-{stage}-{index}", stage, detach)
@@ -117,6 +117,12 @@ class Stack:
         process = self.processes.pop(name)
         _signal_group(process.pid, sig)
         process.wait(timeout=20)
+
+    def restart_gateway(self, timeout: float = 60.0) -> None:
+        """Stop the gateway as an orchestrator would (SIGTERM) and start a new one on the same port."""
+        self.kill("gateway", signal.SIGTERM)
+        self._spawn("gateway", ["gateway"], detach=False)
+        self.wait_ready(timeout)
 
     def metrics_url(self, name: str) -> str:
         if name == "gateway":

@@ -43,6 +43,48 @@ class InProcessChain:
         result = ChainResult()
         return self.cluster_stream(self.embedded_stream(pcm, start, chunk_samples, result), start, result=result)
 
+    def run_concurrent(
+        self, pcms: list[np.ndarray], starts: list[SessionStart], chunk_samples: int = CHUNK_SAMPLES
+    ) -> tuple[list[ChainResult], dict[str, float]]:
+        """Several live streams at once, batched across them the way the workers batch.
+
+        Each tick takes the next chunk of every stream still going: the segment stage pushes them
+        together (`push_many`), the embed stage embeds everything they completed in one batch, and
+        each stream's outputs go through its own cluster state. Returns each stream's result and
+        the CPU seconds each stage spent on all of them.
+        """
+        spent = dict.fromkeys(STAGES, 0.0)
+        timing = ChainResult(cpu_s=spent)
+        results = [ChainResult() for _ in pcms]
+        segment_states = [self.segment.start(start) for start in starts]
+        cluster_states = [self.cluster.start(start) for start in starts]
+        records = [iter(session_records(pcm, start, chunk_samples)) for pcm, start in zip(pcms, starts)]
+        live = list(range(len(pcms)))
+        while live:
+            ticked = [(i, next(records[i])) for i in live]
+            chunks = [(i, m) for i, m in ticked if isinstance(m, AudioChunk)]
+            pushed = self._timed(
+                timing, "segment", self.segment.push_many, [(segment_states[i], m, 0) for i, m in chunks]
+            )
+            outputs: list[tuple[int, BusMessage]] = []
+            for (i, _), result in zip(chunks, pushed):
+                if isinstance(result, Exception):
+                    raise result
+                outputs += [(i, m) for m in result]
+            for i, stop in ticked:
+                if isinstance(stop, SessionStop):
+                    outputs += [
+                        (i, m) for m in self._timed(timing, "segment", self.segment.finish, segment_states[i], stop)
+                    ]
+                    live.remove(i)
+            embedded = self._embed(timing, [m for _, m in outputs])
+            for (i, _), message in zip(outputs, embedded):
+                if isinstance(message, self.cluster.input_type | SessionStop):
+                    call = self.cluster.finish if isinstance(message, SessionStop) else self.cluster.push
+                    for output in self._timed(timing, "cluster", call, cluster_states[i], message):
+                        self._record(results[i], output)
+        return results, spent
+
     def embedded_stream(
         self,
         pcm: np.ndarray,

@@ -28,12 +28,13 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from pipeline.bus import tail_consumer
+from pipeline.bus import PLAINTEXT, tail_consumer
 from pipeline.config import Profile
 from pipeline.evaluation.der import Condition, EvaluationError, Recording, Scoreboard, find_recordings, rttm_dir
 from pipeline.producers.audio_file import load_pcm16
 from pipeline.producers.gateway_client import report_from_event, stream_session
 from pipeline.rttm import read_rttm
+from pipeline.settings import KafkaSecurity
 from topics import SPEAKER_UPDATES, SessionReport, SpeakerUpdate, decode
 from topics.messages import SAMPLE_RATE, LabeledSpan
 
@@ -69,8 +70,9 @@ class UpdateReader:
     everything the updates topic held when it was called.
     """
 
-    def __init__(self, bootstrap: str, session_ids: set[str]) -> None:
+    def __init__(self, bootstrap: str, session_ids: set[str], security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.updates: dict[str, list[SpeakerUpdate]] = {session_id: [] for session_id in session_ids}
         self._keys = {session_id.encode(): session_id for session_id in session_ids}
         self._partitions = [TopicPartition(SPEAKER_UPDATES.name, p) for p in range(SPEAKER_UPDATES.partitions)]
@@ -80,7 +82,7 @@ class UpdateReader:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._consumer = await tail_consumer(self.bootstrap, [SPEAKER_UPDATES])
+        self._consumer = await tail_consumer(self.bootstrap, [SPEAKER_UPDATES], self.security)
         self._read_to = {tp: await self._consumer.position(tp) for tp in self._partitions}
         self._task = asyncio.create_task(self._read(), name="served-updates")
 
@@ -140,10 +142,11 @@ def evaluate_served(
     progress: bool = True,
     exclude: tuple[str, ...] = (),
     on_session: Callable[[ServedSession], None] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[dict]:
     """Score what the stack behind `url` serves for every labelled recording under `root`, under each condition.
 
-    `profile` is the one the stack runs, `bootstrap` its Kafka. Sessions stream `speed` times
+    `profile` is the one the stack runs, `bootstrap` its Kafka (reached with `security`). Sessions stream `speed` times
     real time (0: as fast as possible), `concurrency` at once; each count in `rows` is one
     session per recording. Returns one JSON-ready summary per condition, as `evaluate_conditions`
     does. `on_session` sees each session's served updates and report.
@@ -162,7 +165,7 @@ def evaluate_served(
     # One set of sessions per count; the conditions of a count differ only in what they score.
     counts = list({row.count: row for row in rows}.values())
     began = time.monotonic()
-    sessions = asyncio.run(_serve(recordings, counts, url, bootstrap, speed, concurrency, progress))
+    sessions = asyncio.run(_serve(recordings, counts, url, bootstrap, speed, concurrency, progress, security))
     wall_s = time.monotonic() - began
     boards = [Scoreboard(row, collar) for row in rows]
     outs = {row: rttm_dir(rttm_out, row, len(rows)) for row in rows}
@@ -187,6 +190,7 @@ async def _serve(
     speed: float,
     concurrency: int,
     progress: bool,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[ServedSession]:
     """Every recording streamed once per count (a condition of each); in the order of `counts`, then of `recordings`."""
     from tqdm import tqdm
@@ -197,7 +201,7 @@ async def _serve(
         for count in counts
         for index, recording in enumerate(recordings)
     ]
-    reader = UpdateReader(bootstrap, {session_id for _, _, session_id in jobs})
+    reader = UpdateReader(bootstrap, {session_id for _, _, session_id in jobs}, security)
     slots = asyncio.Semaphore(concurrency)
 
     async def serve(recording: Recording, count: Condition, session_id: str) -> ServedSession:

@@ -10,6 +10,9 @@ Endpoints:
   session that any producer feeds, for downstream consumers.
 - ``GET /health``: 200 while the producer and the result fan-out run, else 503.
 - ``GET /metrics``: this process's Prometheus metrics (:mod:`pipeline.metrics`).
+- ``GET /v1/sessions``, ``GET /v1/sessions/{session_id}/report``: running sessions and
+  reports in export formats (:mod:`pipeline.gateway.sessions_api`).
+- ``GET /``: the web console (:mod:`pipeline.gateway.console`).
 
 Audio only ever passes through memory on its way to the audio topic; nothing is
 written to disk.
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -35,14 +39,18 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnected
 
 from pipeline.bus import ensure_topics, new_producer, publish
+from pipeline.gateway import console, sessions_api
 from pipeline.gateway.audio_input import MAX_SAMPLE_RATE, AudioFormat, Encoding
 from pipeline.gateway.fanout import ResultFanout, Subscription
+from pipeline.gateway.jobs_api import jobs_router
 from pipeline.gateway.protocol import (
     EVENTS_PATH,
     SESSION_PATH,
     ErrorCode,
     GatewaySession,
     ProtocolError,
+    ResumeAction,
+    ResumedEvent,
     ServerEvent,
     StartAction,
     StartedEvent,
@@ -50,10 +58,12 @@ from pipeline.gateway.protocol import (
     parse_action,
     result_event,
 )
+from pipeline.gateway.resume import read_position, resume_token, verify_resume_token
+from pipeline.gateway.speakers_api import speakers_router
 from pipeline.metrics import ACTIVE_SESSIONS, ERRORS, GATEWAY_CONNECTIONS, GATEWAY_SESSIONS
 from pipeline.settings import Settings
 from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate
-from topics.messages import SessionId
+from topics.messages import SAMPLE_RATE, SessionId
 
 __all__ = ["Gateway", "create_app", "serve", "server_config"]
 
@@ -85,6 +95,11 @@ class Gateway:
         # Sessions this instance feeds right now: two sockets feeding one session id would
         # interleave two seq counters on one stream.
         self.sessions: set[str] = set()
+        # The socket feeding each of them, and those whose client left mid-session and that wait out the
+        # grace period for it to resume (pipeline.gateway.resume): still in `sessions`, fed by no socket.
+        self.feeders: dict[str, _SessionSocket] = {}
+        self.held: dict[str, tuple[GatewaySession, asyncio.Task[None]]] = {}
+        self.resume_secret = settings.resume_secret or secrets.token_urlsafe(32)
 
     async def publish(self, record: SessionStart | AudioChunk | SessionStop) -> None:
         try:
@@ -92,6 +107,52 @@ class Gateway:
         except KafkaError as exc:
             log.warning("publishing %s of session %s failed: %r", record.TYPE, record.session_id, exc)
             raise ProtocolError(ErrorCode.BUS_UNAVAILABLE, f"could not publish {record.TYPE}: {exc}") from exc
+
+    def hold(self, state: GatewaySession) -> None:
+        """Keep a session whose client left for the grace period; stop it then unless it was resumed."""
+        assert state.session_id is not None
+        task = asyncio.create_task(self._expire(state), name=f"held-{state.session_id}")
+        self.held[state.session_id] = (state, task)
+
+    def take_held(self, session_id: str) -> GatewaySession | None:
+        entry = self.held.pop(session_id, None)
+        if entry is None:
+            return None
+        entry[1].cancel()
+        return entry[0]
+
+    async def _expire(self, state: GatewaySession) -> None:
+        session_id = state.session_id
+        assert session_id is not None
+        await asyncio.sleep(self.settings.resume_grace_s)
+        self.held.pop(session_id, None)
+        try:
+            try:
+                position = await read_position(
+                    self.settings.kafka, session_id, self.settings.resume_grace_s + 60, self.settings.kafka_security
+                )
+            except KafkaError as exc:
+                log.warning("could not read back session %s (%r); stopping it as its own", session_id, exc)
+                position = None
+            if position is not None and (position.producer != self.id or position.seq != state.seq):
+                log.info("session %s was resumed on %s; no longer held here", session_id, position.producer)
+                return
+            GATEWAY_SESSIONS.labels("abandoned").inc()
+            with contextlib.suppress(ProtocolError):  # a tail that cannot be published is lost; the stop must go out
+                tail = state.tail()
+                if tail is not None:
+                    await self.publish(tail)
+                    state.commit(tail)
+            stop = state.stop()
+            try:
+                await self.publish(stop)
+                log.info(
+                    "session %s not resumed within %gs; published its stop", session_id, self.settings.resume_grace_s
+                )
+            except ProtocolError:
+                log.error("session %s not resumed and its stop could not be published", session_id)
+        finally:
+            self.sessions.discard(session_id)
 
     def health(self) -> dict[str, object]:
         fanout_running = self.fanout.running
@@ -122,6 +183,10 @@ class _SessionSocket:
         self._pump: asyncio.Task[None] | None = None
         self._deadline: asyncio.Task[None] | None = None
         self._report: SessionReport | None = None
+        # Held while a record of the session is built and published, so a resume elsewhere takes the
+        # session's numbering between records, never in the middle of one.
+        self._publishing = asyncio.Lock()
+        self._closing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -150,12 +215,15 @@ class _SessionSocket:
             await self._start(action)
         elif isinstance(action, StopAction):
             await self._stop()
+        elif isinstance(action, ResumeAction):
+            await self._resume(action)
 
     async def _start(self, action: StartAction) -> None:
         start = self.state.start(action)
         if start.session_id in self.gateway.sessions:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {start.session_id} is being fed by another socket")
         self.gateway.sessions.add(start.session_id)
+        self.gateway.feeders[start.session_id] = self
         # Subscribe before the start reaches the workers, so no result of the session can precede us.
         subscription = self.gateway.fanout.subscribe(start.session_id)
         try:
@@ -163,6 +231,7 @@ class _SessionSocket:
         except BaseException:
             self.gateway.fanout.unsubscribe(subscription)
             self.gateway.sessions.discard(start.session_id)
+            self.gateway.feeders.pop(start.session_id, None)
             raise
         audio_format = action.audio_format()
         self.state.commit(start, audio_format)
@@ -175,15 +244,91 @@ class _SessionSocket:
             start.max_speakers,
             audio_format,
         )
-        await self._send(StartedEvent(num_speakers=start.num_speakers, session_id=start.session_id))
+        token = resume_token(self.gateway.resume_secret, start.session_id, audio_format)
+        await self._send(StartedEvent(num_speakers=start.num_speakers, session_id=start.session_id, resume_token=token))
         self._pump = asyncio.create_task(self._forward_results(subscription))
+
+    async def _resume(self, action: ResumeAction) -> None:
+        """Continue a session whose connection was lost: held here, fed by a stale socket here, or read off the bus."""
+        gateway, session_id = self.gateway, action.session_id
+        audio_format = verify_resume_token(gateway.resume_secret, session_id, action.token)
+        if self.state.active:
+            raise ProtocolError(ErrorCode.ALREADY_STARTED, f"session {self.state.session_id} runs on this connection")
+        state = gateway.take_held(session_id)
+        feeder = gateway.feeders.get(session_id)
+        if state is None and feeder is not None and feeder is not self:
+            if feeder.state.stopped:
+                raise ProtocolError(ErrorCode.RESUME_EXPIRED, f"session {session_id} was stopped; it awaits its report")
+            # The client came back before this gateway noticed its old connection was gone (a half-open TCP).
+            state = await feeder.hand_over()
+        if state is None:
+            state = await self._adopt_from_bus(session_id, audio_format)
+        self.state = state
+        gateway.sessions.add(session_id)
+        gateway.feeders[session_id] = self
+        self._subscription = gateway.fanout.subscribe(session_id)
+        # Not an outcome: the session ends later, reported or abandoned, and is counted then.
+        log.info("session %s resumed at %d samples", session_id, state.offset)
+        await self._send(
+            ResumedEvent(session_id=session_id, offset=state.offset, offset_ms=state.offset * 1000 // SAMPLE_RATE)
+        )
+        self._pump = asyncio.create_task(self._forward_results(self._subscription))
+
+    async def _adopt_from_bus(self, session_id: str, audio_format: AudioFormat) -> GatewaySession:
+        """A session another gateway fed (one that died, or whose client went elsewhere), continued from the bus."""
+        settings = self.gateway.settings
+        if session_id in self.gateway.sessions:
+            raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {session_id} is being fed by another socket")
+        try:
+            # Twice the grace period: a session left longer ago than that is not resumed, but still stopped.
+            position = await read_position(
+                settings.kafka, session_id, 2 * settings.resume_grace_s + 10, settings.kafka_security
+            )
+        except KafkaError as exc:
+            raise ProtocolError(ErrorCode.BUS_UNAVAILABLE, f"could not read session {session_id} back: {exc}") from exc
+        if position is None or position.stopped:
+            raise ProtocolError(ErrorCode.RESUME_EXPIRED, f"session {session_id} has ended or is unknown")
+        state = GatewaySession(self.gateway.id, settings.max_frame_bytes)
+        state.resume(session_id, position.seq, position.offset, audio_format)
+        if position.age_s > settings.resume_grace_s:
+            # Its gateway died and the client came back too late: end it as a lost connection ends.
+            await self.gateway.publish(state.stop())
+            GATEWAY_SESSIONS.labels("abandoned").inc()
+            raise ProtocolError(
+                ErrorCode.RESUME_EXPIRED,
+                f"session {session_id} was left {position.age_s:.0f}s ago, "
+                f"over the {settings.resume_grace_s:g}s grace period",
+            )
+        return state
+
+    async def hand_over(self) -> GatewaySession:
+        """Give up this socket's running session to a resume on another socket, and close this one."""
+        async with self._publishing:
+            state = self.state
+            self.state = GatewaySession(self.gateway.id, self.gateway.settings.max_frame_bytes)
+            for task in (self._pump, self._deadline):
+                if task is not None:
+                    task.cancel()
+            self._pump = self._deadline = None
+            if self._subscription is not None:
+                self.gateway.fanout.unsubscribe(self._subscription)
+                self._subscription = None
+        if state.session_id is not None and self.gateway.feeders.get(state.session_id) is self:
+            del self.gateway.feeders[state.session_id]
+        self._closing = asyncio.create_task(self._close_quietly())
+        return state
+
+    async def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(1000, "session resumed on another connection")
 
     async def _on_audio(self, frame: bytes) -> None:
         if not frame:
             return  # a keep-alive at most; a record without samples would tell the workers nothing
-        chunk = self.state.audio(frame)
-        if chunk is not None:
-            await self._publish(chunk)
+        async with self._publishing:
+            chunk = self.state.audio(frame)
+            if chunk is not None:
+                await self._publish(chunk)
 
     async def _publish_tail(self) -> None:
         """What the converter still holds: the session's last samples, published before its stop."""
@@ -196,10 +341,11 @@ class _SessionSocket:
         self.state.commit(record)
 
     async def _stop(self) -> None:
-        # A tail that could not be published is lost like any frame; the client's next stop sends no tail.
-        await self._publish_tail()
-        stop = self.state.stop()
-        await self._publish(stop)
+        async with self._publishing:
+            # A tail that could not be published is lost like any frame; the client's next stop sends no tail.
+            await self._publish_tail()
+            stop = self.state.stop()
+            await self._publish(stop)
         log.info("session %s stopped after %d samples; awaiting its report", stop.session_id, stop.offset)
         if self._report is not None:
             await self._deliver_report()  # it came before the stop: another producer ended the session
@@ -254,10 +400,21 @@ class _SessionSocket:
         self._report = None
         if self.state.session_id is not None:
             self.gateway.sessions.discard(self.state.session_id)
+            if self.gateway.feeders.get(self.state.session_id) is self:
+                del self.gateway.feeders[self.state.session_id]
         self.state.end()
 
     async def _abandon(self) -> None:
-        """The socket is gone: close its open session on the bus so the workers do not wait for it."""
+        """The socket is gone: hold its open session for a resume, or close it on the bus so the workers do not wait."""
+        if self.state.active and not self.state.stopped and self.gateway.settings.resume_grace_s > 0:
+            async with self._publishing:
+                state = self.state
+                self.state = GatewaySession(self.gateway.id, self.gateway.settings.max_frame_bytes)
+            assert state.session_id is not None
+            if self.gateway.feeders.get(state.session_id) is self:
+                del self.gateway.feeders[state.session_id]
+            self.gateway.hold(state)
+            log.info("client of session %s left at %d samples; holding it for a resume", state.session_id, state.offset)
         if self.state.active:
             GATEWAY_SESSIONS.labels("abandoned").inc()
         if self.state.active and not self.state.stopped:
@@ -321,10 +478,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(settings.kafka)
-        producer = new_producer(settings.kafka)
+        await ensure_topics(settings.kafka, security=settings.kafka_security)
+        producer = new_producer(settings.kafka, settings.kafka_security)
         await producer.start()
-        fanout = ResultFanout(settings.kafka)
+        fanout = ResultFanout(settings.kafka, security=settings.kafka_security)
         try:
             # Before accepting any session: the fan-out's position at the end of the result
             # topics is what guarantees no session's results are missed.
@@ -340,12 +497,17 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.gateway = None
             gateway.producer_running = False
+            # Held sessions are left open on the bus: their clients may resume them on another gateway.
+            for _, expiry in gateway.held.values():
+                expiry.cancel()
             await fanout.stop()
             await producer.stop()
             log.info("gateway %s stopped", gateway.id)
 
     app = FastAPI(title="speakerflow gateway", lifespan=lifespan)
     app.state.gateway = None
+    app.include_router(speakers_router(settings))
+    app.include_router(jobs_router(settings))
     # Read at scrape time; the last gateway app created in a process is the one reported.
     ACTIVE_SESSIONS.labels("gateway").set_function(
         lambda: len(app.state.gateway.sessions) if app.state.gateway is not None else 0
@@ -381,6 +543,10 @@ def create_app(settings: Settings) -> FastAPI:
         with GATEWAY_CONNECTIONS.track_inprogress():
             await _serve_subscriber(gateway, websocket, session_id)
 
+    app.include_router(sessions_api.router)
+    # The web console (docs/console.md): its page at / and its scripts and styles under /console.
+    app.include_router(console.router)
+    app.mount(console.ASSETS_PATH, console.assets, name="console")
     return app
 
 

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.bus import tail_consumer
+from pipeline.bus import PLAINTEXT, tail_consumer
 from pipeline.gateway.protocol import ResultMessage
+from pipeline.gateway.running_sessions import RunningSessions
+from pipeline.settings import KafkaSecurity
 from topics import SESSION_REPORTS, SPEAKER_TURNS, SPEAKER_UPDATES, DecodeError, SpeakerTurn, SpeakerUpdate, decode
 
 __all__ = ["RESULT_TOPICS", "ResultFanout", "Subscription"]
@@ -84,18 +86,23 @@ class ResultFanout:
     by a subscription taken before the result was read.
     """
 
-    def __init__(self, bootstrap: str, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self, bootstrap: str, queue_size: int = DEFAULT_QUEUE_SIZE, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         self._bootstrap = bootstrap
+        self._security = security
         self._queue_size = queue_size
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._topic_messages = {spec.name: spec.messages for spec in RESULT_TOPICS}
+        # Every session's results pass here, watched or not: the record of which are running.
+        self.running_sessions = RunningSessions()
 
     async def start(self) -> None:
         if self._consumer is not None:
             raise RuntimeError("fan-out already started")
-        self._consumer = await tail_consumer(self._bootstrap, RESULT_TOPICS)
+        self._consumer = await tail_consumer(self._bootstrap, RESULT_TOPICS, self._security)
         self._task = asyncio.create_task(self._run(), name="result-fanout")
         log.info("result fan-out reading %s from their end", ", ".join(self._topic_messages))
 
@@ -145,6 +152,7 @@ class ResultFanout:
 
     def dispatch(self, message: ResultMessage) -> int:
         """Queue a result for every subscription of its session; return how many got it."""
+        self.running_sessions.saw(message)
         watchers = self._subscriptions.get(message.session_id, ())
         for subscription in watchers:
             subscription.put_nowait(message)

@@ -10,7 +10,9 @@ Client actions (text frames)::
     {"action": "start", "num_speakers": 2, "session_id": "..."}          the count is known
     {"action": "start", "min_speakers": 2, "max_speakers": 4}             the count is estimated within bounds
     {"action": "start", "sample_rate": 48000, "encoding": "pcm_f32le"}    the audio as the client captures it
+    {"action": "start", "identify": false}                                 never name speakers after enrolled profiles
     {"action": "stop"}
+    {"action": "resume", "session_id": "...", "token": "..."}             continue a session after a lost connection
 
 plus binary frames of mono PCM, 16 kHz s16le unless the start names another format.
 Every field of a start but `action` is optional. The audio format:
@@ -35,10 +37,18 @@ naming the field.
 
 Server events (text frames)::
 
-    {"event": "started", "num_speakers": 2, "sessionId": "..."}
-    {"event": "speaker", "currentSpeakerId": 0, "activeSpeakerIds": [0, 1], "speakingTimeMs": {"0": 1200, "1": 500}}
-    {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": true}   (subscribers only)
-    {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000}], "turns": [{"speakerId": 0, "startMs": 0, "endMs": 2500}]}
+    {"event": "started", "num_speakers": 2, "sessionId": "...", "resumeToken": "..."}
+    {"event": "resumed", "sessionId": "...", "offset": 48000, "offsetMs": 3000}   send again from offset
+    {"event": "speaker", "currentSpeakerId": 0, "activeSpeakerIds": [0, 1], "speakingTimeMs": {"0": 1200, "1": 500},
+     "speakerName": "Ada", "profileId": "...", "namedSpeakers": {"0": {"speakerName": "Ada", "profileId": "..."}}}
+    {"event": "turn", "speakerId": 0, "startMs": 0, "endMs": 1200, "final": true, "speakerName": "Ada", "profileId": "..."}
+        (subscribers only)
+    {"event": "report", "speakers": [{"id": 0, "totalTimeMs": 45000, "speakerName": "Ada", "profileId": "..."}],
+     "turns": [{"speakerId": 0, "startMs": 0, "endMs": 2500, "speakerName": "Ada"}]}
+
+`speakerName` and `profileId` name a speaker whose voice matched an enrolled profile
+(docs/speakers.md); they are left out for a speaker who is unknown. `identify` (default: on when
+the tenant has profiles) asks for that naming; false turns it off for the session.
     {"event": "error", "code": "...", "message": "..."}   (the codes: ErrorCode)
 """
 
@@ -82,11 +92,14 @@ __all__ = [
     "ErrorCode",
     "ErrorEvent",
     "GatewaySession",
+    "NamedSpeakerEvent",
     "ProtocolError",
     "ReportEvent",
     "ReportEventSpeaker",
     "ReportEventTurn",
     "ResultMessage",
+    "ResumeAction",
+    "ResumedEvent",
     "ServerEvent",
     "SpeakerEvent",
     "StartAction",
@@ -107,7 +120,7 @@ class ErrorCode(StrEnum):
 
     # A text frame that is not a JSON object.
     BAD_JSON = "bad_json"
-    # A JSON object whose action is neither start nor stop.
+    # A JSON object whose action is none of start, stop and resume.
     UNKNOWN_ACTION = "unknown_action"
     # A start with unknown fields, wrongly typed values, speaker counts out of bounds, an audio format
     # not supported or a bad session id.
@@ -130,6 +143,10 @@ class ErrorCode(StrEnum):
     REPORT_TIMEOUT = "report_timeout"
     # The events socket of a session id that is not valid; the socket is then closed (1008).
     INVALID_SESSION_ID = "invalid_session_id"
+    # A resume with unknown fields, or whose token was not issued for that session by this deployment.
+    INVALID_RESUME = "invalid_resume"
+    # A resume of a session that cannot continue: stopped, unknown, or its client gone longer than the grace period.
+    RESUME_EXPIRED = "resume_expired"
 
 
 class ProtocolError(Exception):
@@ -170,6 +187,8 @@ class StartAction(BaseModel):
     # Null, as omitted, is the bus's own format.
     sample_rate: StrictInt | None = Field(default=None, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
     encoding: Encoding | None = None
+    # Null, as omitted: speakers are named when the tenant has enrolled profiles.
+    identify: bool | None = None
 
     def audio_format(self) -> AudioFormat:
         """The format of the frames the client will send."""
@@ -178,7 +197,7 @@ class StartAction(BaseModel):
     def session_start(self, session_id: str, producer: str) -> SessionStart:
         """The bus record that opens the session; raises ProtocolError (invalid_start) if the counts break the rules."""
         counts = speaker_counts(self.num_speakers, self.min_speakers, self.max_speakers)
-        return SessionStart(session_id=session_id, seq=0, producer=producer, **counts)
+        return SessionStart(session_id=session_id, seq=0, producer=producer, identify=self.identify, **counts)
 
 
 def speaker_counts(
@@ -228,7 +247,17 @@ class StopAction(BaseModel):
     action: Literal["stop"]
 
 
-ClientAction = StartAction | StopAction
+class ResumeAction(BaseModel):
+    """Continue a session after a lost connection, with the token its `started` carried."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["resume"]
+    session_id: SessionId
+    token: str = Field(min_length=1, max_length=256)
+
+
+ClientAction = StartAction | StopAction | ResumeAction
 
 
 def parse_action(text: str) -> ClientAction:
@@ -247,7 +276,12 @@ def parse_action(text: str) -> ClientAction:
             raise ProtocolError(ErrorCode.INVALID_START, _validation_summary(exc)) from exc
     if action == "stop":
         return StopAction.model_validate(body)
-    raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}; expected 'start' or 'stop'")
+    if action == "resume":
+        try:
+            return ResumeAction.model_validate(body)
+        except ValidationError as exc:
+            raise ProtocolError(ErrorCode.INVALID_RESUME, _validation_summary(exc)) from exc
+    raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}; expected 'start', 'stop' or 'resume'")
 
 
 # ---- server events ------------------------------------------------------------------------
@@ -267,6 +301,30 @@ class StartedEvent(_Event):
     event: Literal["started"] = "started"
     num_speakers: int | None
     session_id: str = Field(alias="sessionId")
+    # What a `resume` of this session must show (pipeline.gateway.resume); null where the gateway resumes none.
+    resume_token: str | None = Field(default=None, alias="resumeToken")
+
+
+class ResumedEvent(_Event):
+    """The session continues: the client sends its audio again from `offset`, what the bus already holds."""
+
+    event: Literal["resumed"] = "resumed"
+    session_id: str = Field(alias="sessionId")
+    # 16 kHz samples of the session published so far (a client at another rate scales it by its rate / 16000).
+    offset: int
+    offset_ms: int = Field(alias="offsetMs")
+
+
+def _unset(value: object) -> bool:
+    # Names appear on the wire only where a speaker is named: events of sessions without known speakers are unchanged.
+    return value is None or value == {}
+
+
+class NamedSpeakerEvent(_Event):
+    """The enrolled profile a speaker matched (on the bus: topics.NamedSpeaker)."""
+
+    speaker_name: str = Field(alias="speakerName")
+    profile_id: str = Field(alias="profileId")
 
 
 class SpeakerEvent(_Event):
@@ -276,6 +334,11 @@ class SpeakerEvent(_Event):
     active_speaker_ids: list[int] = Field(default=[], alias="activeSpeakerIds")
     # JSON object keys are strings; declaring them so keeps the Python view equal to the wire.
     speaking_time_ms: dict[str, int] = Field(alias="speakingTimeMs")
+    # The current speaker's enrolled name and profile, null while unknown.
+    speaker_name: str | None = Field(default=None, alias="speakerName", exclude_if=_unset)
+    profile_id: str | None = Field(default=None, alias="profileId", exclude_if=_unset)
+    # Every speaker of the session named so far.
+    named_speakers: dict[str, NamedSpeakerEvent] = Field(default={}, alias="namedSpeakers", exclude_if=_unset)
 
 
 class TurnEvent(_Event):
@@ -284,6 +347,8 @@ class TurnEvent(_Event):
     start_ms: int = Field(alias="startMs")
     end_ms: int = Field(alias="endMs")
     final: bool
+    speaker_name: str | None = Field(default=None, alias="speakerName", exclude_if=_unset)
+    profile_id: str | None = Field(default=None, alias="profileId", exclude_if=_unset)
 
 
 class ReportEventSpeaker(_Event):
@@ -291,6 +356,8 @@ class ReportEventSpeaker(_Event):
 
     id: int
     total_time_ms: int = Field(alias="totalTimeMs")
+    speaker_name: str | None = Field(default=None, alias="speakerName", exclude_if=_unset)
+    profile_id: str | None = Field(default=None, alias="profileId", exclude_if=_unset)
 
 
 class ReportEventTurn(_Event):
@@ -299,6 +366,7 @@ class ReportEventTurn(_Event):
     speaker_id: int = Field(alias="speakerId")
     start_ms: int = Field(alias="startMs")
     end_ms: int = Field(alias="endMs")
+    speaker_name: str | None = Field(default=None, alias="speakerName", exclude_if=_unset)
 
 
 class ReportEvent(_Event):
@@ -312,7 +380,12 @@ class ReportEvent(_Event):
         return SessionReport(
             session_id=session_id,
             duration_ms=0,
-            speakers=[ReportedSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in self.speakers],
+            speakers=[
+                ReportedSpeaker(
+                    id=s.id, total_time_ms=s.total_time_ms, speaker_name=s.speaker_name, profile_id=s.profile_id
+                )
+                for s in self.speakers
+            ],
             turns=[ReportedTurn(speaker=t.speaker_id, start_ms=t.start_ms, end_ms=t.end_ms) for t in self.turns],
         )
 
@@ -323,26 +396,49 @@ class ErrorEvent(_Event):
     message: str
 
 
-ServerEvent = StartedEvent | SpeakerEvent | TurnEvent | ReportEvent | ErrorEvent
+ServerEvent = StartedEvent | ResumedEvent | SpeakerEvent | TurnEvent | ReportEvent | ErrorEvent
 ResultMessage = SpeakerUpdate | SpeakerTurn | SessionReport
 
 
 def result_event(message: ResultMessage) -> SpeakerEvent | TurnEvent | ReportEvent:
     """The client event for one result record of the bus."""
     if isinstance(message, SpeakerUpdate):
+        current = message.named.get(message.current_speaker) if message.current_speaker is not None else None
         return SpeakerEvent(
             current_speaker_id=message.current_speaker,
             active_speaker_ids=message.active_speakers,
             speaking_time_ms={str(k): v for k, v in sorted(message.speaking_time_ms.items())},
+            speaker_name=current.speaker_name if current else None,
+            profile_id=current.profile_id if current else None,
+            named_speakers={
+                str(s): NamedSpeakerEvent(speaker_name=n.speaker_name, profile_id=n.profile_id)
+                for s, n in sorted(message.named.items())
+            },
         )
     if isinstance(message, SpeakerTurn):
         return TurnEvent(
-            speaker_id=message.speaker, start_ms=message.start_ms, end_ms=message.end_ms, final=message.final
+            speaker_id=message.speaker,
+            start_ms=message.start_ms,
+            end_ms=message.end_ms,
+            final=message.final,
+            speaker_name=message.speaker_name,
+            profile_id=message.profile_id,
         )
     if isinstance(message, SessionReport):
+        names = {s.id: s.speaker_name for s in message.speakers}
         return ReportEvent(
-            speakers=[ReportEventSpeaker(id=s.id, total_time_ms=s.total_time_ms) for s in message.speakers],
-            turns=[ReportEventTurn(speaker_id=t.speaker, start_ms=t.start_ms, end_ms=t.end_ms) for t in message.turns],
+            speakers=[
+                ReportEventSpeaker(
+                    id=s.id, total_time_ms=s.total_time_ms, speaker_name=s.speaker_name, profile_id=s.profile_id
+                )
+                for s in message.speakers
+            ],
+            turns=[
+                ReportEventTurn(
+                    speaker_id=t.speaker, start_ms=t.start_ms, end_ms=t.end_ms, speaker_name=names.get(t.speaker)
+                )
+                for t in message.turns
+            ],
         )
     raise TypeError(f"{type(message).__name__} is not a result message")
 
@@ -439,6 +535,19 @@ class GatewaySession:
             self.offset += record.num_samples
         else:
             self.stopped = True
+
+    def resume(self, session_id: str, seq: int, offset: int, audio_format: AudioFormat) -> None:
+        """Continue a running session at the numbering the bus holds: `seq` and `offset` of its next record.
+
+        The converter starts afresh: a resampling client's first frames after the gap lose the few
+        samples the old converter still held, as a frame lost to the network would.
+        """
+        if self.active:
+            raise ProtocolError(
+                ErrorCode.ALREADY_STARTED, f"session {self.session_id} is already running on this connection"
+            )
+        self.session_id, self.seq, self.offset, self.stopped = session_id, seq, offset, False
+        self.converter = AudioConverter(audio_format)
 
     def end(self) -> None:
         """Forget the session (its report came, or waiting for it gave up); a new one may start."""

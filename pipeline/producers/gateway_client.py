@@ -28,6 +28,7 @@ async def stream_session(
     realtime: bool = True,
     chunk_samples: int | None = None,
     on_event: Callable[[dict], None] | None = None,
+    on_sent: Callable[[int], None] | None = None,
     report_timeout_s: float = 120.0,
     session_id: str | None = None,
     speed: float = 1.0,
@@ -42,7 +43,8 @@ async def stream_session(
     frames of `chunk_samples` (default 0.2 s). The format is named in the start only when it is not
     the bus's. Without `session_id` the gateway picks one. The speaker counts not given (None) are
     not sent: the gateway's defaults apply. In real time, `speed` times as fast as spoken.
-    An error event fails the session.
+    An error event fails the session. `on_sent` is called after each frame with the samples sent so
+    far (at `sample_rate`): when each part of the audio left, for a measure of how late updates come.
     """
     encoding = Encoding(encoding)
     floats = encoding is Encoding.PCM_F32LE
@@ -84,6 +86,8 @@ async def stream_session(
             for frame in pcm_frames(pcm, chunk_samples, encoding.dtype):
                 await pacer.wait(frame.offset * SAMPLE_RATE // sample_rate)  # the pacer counts 16 kHz samples
                 await socket.send(frame.pcm)
+                if on_sent is not None:
+                    on_sent(frame.offset + len(frame.pcm) // encoding.bytes_per_sample)
             await socket.send(json.dumps({"action": "stop"}))
             return await asyncio.wait_for(report, report_timeout_s)
         finally:

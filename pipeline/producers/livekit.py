@@ -42,10 +42,11 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from livekit import api, rtc
 
-from pipeline.bus import ensure_topics, new_producer, publish
+from pipeline.bus import PLAINTEXT, ensure_topics, new_producer, publish
 from pipeline.gateway.fanout import ResultFanout, Subscription
 from pipeline.metrics import LIVEKIT_FRAME_SECONDS, LIVEKIT_FRAMES, LIVEKIT_ROOMS, LIVEKIT_TRACKS
 from pipeline.producers.chunking import CHUNK_SAMPLES
+from pipeline.settings import KafkaSecurity
 from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate
 from topics.messages import BYTES_PER_SAMPLE, SAMPLE_RATE
 
@@ -376,9 +377,11 @@ class LiveKitIngest:
         publish_results: bool = False,
         poll_s: float = 5.0,
         report_timeout_s: float = 120.0,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.url = url
         self.bootstrap = bootstrap
+        self.security = security
         # None: the SDK reads LIVEKIT_API_KEY / LIVEKIT_API_SECRET, as every LiveKit tool does.
         self.api_key = api_key
         self.api_secret = api_secret
@@ -414,10 +417,10 @@ class LiveKitIngest:
         self._stop.set()
 
     async def run(self) -> None:
-        await ensure_topics(self.bootstrap)
-        self.producer = new_producer(self.bootstrap)
+        await ensure_topics(self.bootstrap, security=self.security)
+        self.producer = new_producer(self.bootstrap, self.security)
         await self.producer.start()
-        self.fanout = ResultFanout(self.bootstrap)
+        self.fanout = ResultFanout(self.bootstrap, security=self.security)
         try:
             await self.fanout.start()
             async with api.LiveKitAPI(self.url, self.api_key, self.api_secret) as service:

@@ -8,9 +8,10 @@ import uuid
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.bus import new_producer, publish, tail_consumer
+from pipeline.bus import PLAINTEXT, new_producer, publish, tail_consumer
 from pipeline.gateway.protocol import speaker_counts
 from pipeline.producers.chunking import CHUNK_SAMPLES, Pacer, session_records
+from pipeline.settings import KafkaSecurity
 from topics import AUDIO, SESSION_REPORTS, AudioChunk, SessionReport, SessionStart, decode, encode
 from topics.messages import SAMPLE_RATE
 
@@ -26,6 +27,7 @@ async def replay(
     progress: bool = True,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> SessionReport | None:
     """Publish start, the audio and stop; return the session's report unless wait_report_s is None.
 
@@ -34,8 +36,8 @@ async def replay(
     session_id = session_id or uuid.uuid4().hex
     producer_id = f"replay-{uuid.uuid4().hex[:8]}"
     # Listen before the first record leaves, so the report cannot slip past.
-    reports = await tail_consumer(bootstrap, [SESSION_REPORTS]) if wait_report_s is not None else None
-    producer = new_producer(bootstrap)
+    reports = await tail_consumer(bootstrap, [SESSION_REPORTS], security) if wait_report_s is not None else None
+    producer = new_producer(bootstrap, security)
     await producer.start()
     try:
         counts = speaker_counts(num_speakers, min_speakers, max_speakers)

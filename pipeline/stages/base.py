@@ -12,6 +12,7 @@ sessions, to their embedded counterparts, so any number of embed workers share t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
@@ -58,6 +59,13 @@ class SegmentStage(Protocol[StateT]):
         """The steps or windows this chunk completes; a chunk already applied changes nothing."""
         ...
 
+    def push_many(self, pushes: Sequence[tuple[StateT, AudioChunk, int]]) -> list[list[BusMessage] | Exception]:
+        """`push` for each (state, chunk, ingest_ms) in order, batched across sessions where the model allows.
+
+        A push that fails gives its exception in place of its outputs; the others are unaffected.
+        """
+        ...
+
     def finish(self, state: StateT, message: SessionStop) -> list[BusMessage]:
         """The rest of the stream's steps or windows, then the stop itself to pass downstream.
 
@@ -65,6 +73,19 @@ class SegmentStage(Protocol[StateT]):
         caller that the session goes on; anything else, that it has ended here.
         """
         ...
+
+
+def push_each(
+    push: Callable[[StateT, AudioChunk, int], list[BusMessage]], pushes: Sequence[tuple[StateT, AudioChunk, int]]
+) -> list[list[BusMessage] | Exception]:
+    """`SegmentStage.push_many` for a stage that has nothing to batch: one push after another."""
+    results: list[list[BusMessage] | Exception] = []
+    for state, chunk, ingest_ms in pushes:
+        try:
+            results.append(push(state, chunk, ingest_ms))
+        except Exception as error:
+            results.append(error)
+    return results
 
 
 class EmbedStage(Protocol):

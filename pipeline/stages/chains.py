@@ -8,10 +8,17 @@ never imports torch, and the fast profile never imports pyannote.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pipeline.config import Profile
 from pipeline.stages.base import ClusterStage, EmbedStage, SegmentStage
+
+if TYPE_CHECKING:
+    from pipeline.stages.speaker_naming import ProfileRegistry
+
+# The embed stages' `model_name`s, the keys of a profile's embeddings (`topics.speaker_profiles`): known here
+# without importing torch, as the cluster stage must name speakers in the space its embeddings come from.
+EMBEDDING_MODELS = {"accurate": "campplus", "fast": "resemblyzer-ge2e"}
 
 
 class Chain(NamedTuple):
@@ -44,15 +51,20 @@ def build_embed(profile: Profile) -> EmbedStage:
     return EmbeddingStage(ResemblyzerEmbedder(profile.embedding))
 
 
-def build_cluster(profile: Profile) -> ClusterStage[Any]:
-    """The profile's cluster stage: no model, numpy and scipy only."""
+def build_cluster(profile: Profile, registry: ProfileRegistry | None = None) -> ClusterStage[Any]:
+    """The profile's cluster stage: no model, numpy and scipy only; naming speakers after `registry`'s profiles."""
+    from pipeline.stages.speaker_naming import SpeakerNaming
+
+    naming = None
+    if registry is not None:
+        naming = SpeakerNaming(profile.naming, registry, EMBEDDING_MODELS[profile.name])
     if profile.overlap_aware:
         from pipeline.stages.accurate.overlap_clustering import OverlapClusteringStage
 
-        return OverlapClusteringStage(profile.overlap_clustering)
+        return OverlapClusteringStage(profile.overlap_clustering, naming, EMBEDDING_MODELS[profile.name])
     from pipeline.stages.fast.clustering import ClusteringStage
 
-    return ClusteringStage(profile.clustering)
+    return ClusteringStage(profile.clustering, naming, EMBEDDING_MODELS[profile.name])
 
 
 def build_chain(profile: Profile) -> Chain:

@@ -180,6 +180,30 @@ def test_profile_comes_from_the_environment(compose_cli: list[str]) -> None:
         assert service["environment"]["SPEAKERFLOW_PROFILE"] == "fast", name
 
 
+def test_kafka_security_comes_from_the_environment(compose_cli: list[str]) -> None:
+    from pipeline.settings import KafkaSecurity, Settings
+
+    plaintext = _load_project(compose_cli, COMPOSE_FILE)
+    for name, service in _image_services(plaintext).items():
+        assert Settings.from_env(service["environment"]).kafka_security == KafkaSecurity(), name
+
+    secured = {
+        "SPEAKERFLOW_KAFKA": "broker.example:9093",
+        "SPEAKERFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "SPEAKERFLOW_KAFKA_USERNAME": "speakerflow",
+        "SPEAKERFLOW_KAFKA_PASSWORD": "p" * 24,
+        "SPEAKERFLOW_KAFKA_CA_FILE": "/certs/ca.pem",
+    }
+    project = _load_project(compose_cli, COMPOSE_FILE, env=secured)
+    for name, service in _image_services(project).items():
+        settings = Settings.from_env(service["environment"])
+        assert settings.kafka == "broker.example:9093", name
+        assert settings.kafka_security == KafkaSecurity(
+            protocol="SASL_SSL", username="speakerflow", password="p" * 24, ca_file=Path("/certs/ca.pem")
+        ), name
+        assert not any("p" * 24 in part for part in service.get("command", [])), name
+
+
 def test_gpu_override_reserves_nvidia_devices_for_embed_only(compose_cli: list[str]) -> None:
     project = _load_project(compose_cli, COMPOSE_FILE, GPU_FILE)
     devices = project["services"]["embed"]["deploy"]["resources"]["reservations"]["devices"]

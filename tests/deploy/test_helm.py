@@ -171,7 +171,24 @@ SERVICE_MONITOR = _custom_resource(
     },
 )
 
-CUSTOM_SCHEMAS = dict([SCALED_OBJECT, SERVICE_MONITOR])
+_SECRET_KEY_REF = {
+    "type": "object",
+    "required": ["parameter", "name", "key"],
+    "additionalProperties": False,
+    "properties": {"parameter": {"type": "string"}, "name": _DNS_NAME, "key": {"type": "string", "minLength": 1}},
+}
+
+TRIGGER_AUTHENTICATION = _custom_resource(
+    "keda.sh/v1alpha1",
+    "TriggerAuthentication",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"secretTargetRef": {"type": "array", "items": _SECRET_KEY_REF}},
+    },
+)
+
+CUSTOM_SCHEMAS = dict([SCALED_OBJECT, SERVICE_MONITOR, TRIGGER_AUTHENTICATION])
 
 
 def validate_manifest(manifest: dict, kube_version: str) -> None:
@@ -240,6 +257,22 @@ def gpu_keda(render) -> Manifests:
     return render(GPU_KEDA_VALUES)
 
 
+# Kafka over SASL_SSL with a private CA and a client certificate, every optional container on.
+SASL_SSL_VALUES = {
+    "kafka": {
+        "securityProtocol": "SASL_SSL",
+        "sasl": {"secretName": "kafka-login", "usernameKey": "user"},
+        "tls": {"caSecretName": "kafka-ca", "clientCertSecretName": "kafka-client"},
+    },
+    "livekit": {"enabled": True, "url": "wss://lk.example"},
+}
+
+
+@pytest.fixture(scope="module")
+def sasl_ssl(render) -> Manifests:
+    return render(GPU_KEDA_VALUES, values=SASL_SSL_VALUES)
+
+
 # --- reading manifests ---------------------------------------------------------------------
 
 
@@ -294,7 +327,7 @@ def test_helm_lint_passes(helm, values: Path | None) -> None:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-@pytest.mark.parametrize("which", ["default", "gpu_keda"])
+@pytest.mark.parametrize("which", ["default", "gpu_keda", "sasl_ssl"])
 def test_every_manifest_matches_its_schema(request, which: str, kube_version: str) -> None:
     manifests = request.getfixturevalue(which)
     assert manifests
@@ -364,6 +397,104 @@ def test_environment_is_what_the_code_reads(render) -> None:
 
     for scaled in of_kind(render(GPU_KEDA_VALUES, values={"kafka": {"bootstrapServers": bootstrap}}), "ScaledObject"):
         assert scaled["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == bootstrap
+
+
+def test_kafka_security_reaches_every_container_from_secrets(sasl_ssl: Manifests, tmp_path: Path) -> None:
+    """Every pod reads the login and certificates the code expects, from the Secrets named, never from values."""
+    secrets = {
+        ("kafka-login", "user"): "speakerflow",
+        ("kafka-login", "password"): "from-the-secret",
+        ("kafka-ca", "ca.crt"): "CA",
+        ("kafka-client", "tls.crt"): "CERT",
+        ("kafka-client", "tls.key"): "KEY",
+    }
+    seen = 0
+    for name, spec in pod_specs(sasl_ssl):
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        for container in spec["containers"]:
+            # The pod's Secret volumes laid out under tmp_path, as the kubelet would mount them.
+            root = tmp_path / str(seen)
+            mounts = {}
+            for mount in container["volumeMounts"]:
+                secret = volumes[mount["name"]].get("secret")
+                if secret is None:
+                    continue
+                assert mount["readOnly"] is True, name
+                mounts[mount["mountPath"]] = root / mount["name"]
+                for item in secret["items"]:
+                    path = root / mount["name"] / item["path"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(secrets[(secret["secretName"], item["key"])])
+            env = env_of(container)
+            for item in container["env"]:
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None and item["name"].startswith("SPEAKERFLOW_KAFKA_"):
+                    env[item["name"]] = secrets[(ref["name"], ref["key"])]
+            assert "SPEAKERFLOW_KAFKA_PASSWORD" not in env, name  # a file, never a variable
+            for variable in ("PASSWORD_FILE", "CA_FILE", "CERT_FILE", "KEY_FILE"):
+                path = Path(env[f"SPEAKERFLOW_KAFKA_{variable}"])
+                env[f"SPEAKERFLOW_KAFKA_{variable}"] = str(mounts[str(path.parent)] / path.name)
+            with mock.patch.dict(os.environ, env, clear=True):
+                security = Settings.from_env().kafka_security
+            assert (security.protocol, security.sasl_mechanism, security.username) == (
+                "SASL_SSL",
+                "SCRAM-SHA-512",
+                "speakerflow",
+            ), name
+            assert security.resolved_password() == "from-the-secret", name
+            assert [p.read_text() for p in (security.ca_file, security.cert_file, security.key_file)] == [
+                "CA",
+                "CERT",
+                "KEY",
+            ], name
+            seen += 1
+    assert seen == len(STAGES) + 3  # the workers, the gateway, the LiveKit ingest and the topics job
+
+    (authentication,) = of_kind(sasl_ssl, "TriggerAuthentication")
+    parameters = {ref["parameter"]: (ref["name"], ref["key"]) for ref in authentication["spec"]["secretTargetRef"]}
+    assert {parameter: secrets[ref] for parameter, ref in parameters.items()} == {
+        "username": "speakerflow",
+        "password": "from-the-secret",
+        "ca": "CA",
+        "cert": "CERT",
+        "key": "KEY",
+    }
+    scaled = of_kind(sasl_ssl, "ScaledObject")
+    assert len(scaled) == len(STAGES)
+    for scaled_object in scaled:
+        (trigger,) = scaled_object["spec"]["triggers"]
+        assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "enable"
+        assert trigger["authenticationRef"] == {"name": authentication["metadata"]["name"]}
+
+
+def test_gateway_replicas_share_one_resume_secret(render, default: Manifests) -> None:
+    """Every replica signs resume tokens with one key, so a session resumes on whichever the client reaches."""
+
+    def resume_env(manifests: Manifests) -> tuple[dict[str, str], dict]:
+        (gateway,) = deployments(manifests)["gateway"]["spec"]["template"]["spec"]["containers"]
+        (secret,) = [e for e in gateway["env"] if e["name"] == "SPEAKERFLOW_RESUME_SECRET"]
+        return env_of(gateway), secret["valueFrom"]["secretKeyRef"]
+
+    env, ref = resume_env(default)
+    with mock.patch.dict(os.environ, env, clear=True):
+        assert Settings.from_env().resume_grace_s == 30.0
+    (secret,) = of_kind(default, "Secret")
+    assert ref == {"name": secret["metadata"]["name"], "key": "resume-secret"}
+    assert len(secret["data"]["resume-secret"]) >= 48  # random, base64
+
+    given = render(values={"gateway": {"resume": {"secretName": "speech-resume", "graceSeconds": 10}}})
+    assert of_kind(given, "Secret") == []
+    env, ref = resume_env(given)
+    assert ref == {"name": "speech-resume", "key": "resume-secret"}
+    assert env["SPEAKERFLOW_RESUME_GRACE_S"] == "10"
+
+
+def test_plaintext_kafka_mounts_nothing(default: Manifests, gpu_keda: Manifests) -> None:
+    assert of_kind(gpu_keda, "TriggerAuthentication") == []
+    for name, spec in pod_specs(default):
+        assert [volume["name"] for volume in spec["volumes"]] == ["tmp"], name
+        for container in spec["containers"]:
+            assert env_of(container)["SPEAKERFLOW_KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT", name
 
 
 def test_every_container_runs_as_non_root_without_privileges(default: Manifests, gpu_keda: Manifests) -> None:
@@ -589,6 +720,9 @@ def test_service_account_choice_reaches_every_pod(render, default: Manifests) ->
         ("workers.segment.keda.lagThreshold=0", "lagThreshold"),
         ("gateway.service.type=Internal", "type"),
         ("livekit.url=livekit:7880", "url"),
+        ("kafka.securityProtocol=SSL", "securityProtocol"),
+        ("kafka.securityProtocol=SASL_SSL", "secretName"),
+        ("kafka.sasl.mechanism=GSSAPI", "mechanism"),
     ],
 )
 def test_values_schema_rejects_mistakes(helm, assignment: str, complaint: str) -> None:

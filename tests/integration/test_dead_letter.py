@@ -12,7 +12,8 @@ import asyncio
 
 import pytest
 
-from pipeline.agents.app import build_app, changelog_specs, session_table
+from pipeline.agents.app import build_app, changelog_specs
+from pipeline.agents.session_states import session_states
 from pipeline.bus import ensure_topics, new_producer, publish, tail_consumer
 from pipeline.devstack.scaleout import partition_of, scrape, total
 from pipeline.devstack.synthetic import script_for, synthesize
@@ -27,8 +28,9 @@ OLD_STATE = b'{"v":0,"speakers":[]}'
 
 
 def cluster_changelog(bootstrap: str):
-    app = build_app("cluster", Settings(kafka=bootstrap))
-    session_table(app, "cluster-sessions", STEP_EMBEDDINGS)
+    settings = Settings(kafka=bootstrap)
+    app = build_app("cluster", settings)
+    session_states(app, "cluster-sessions", STEP_EMBEDDINGS, bytes, settings)
     (spec,) = changelog_specs(app)
     return spec
 

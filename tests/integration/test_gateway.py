@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -90,9 +91,11 @@ class RunningGateway:
 
 @pytest.fixture(scope="module")
 def gateways(bootstrap: str) -> Iterator[tuple[RunningGateway, RunningGateway]]:
-    first = RunningGateway(Settings(kafka=bootstrap, report_timeout_s=2.0)).start()
+    # One deployment: a session started on either may resume on either; a client gone 3 s is gone.
+    shared = Settings(kafka=bootstrap, report_timeout_s=2.0, resume_grace_s=3.0, resume_secret="test-deployment")
+    first = RunningGateway(shared).start()
     # The second accepts frames beyond the producer's 1 MiB request limit, so a publish can really fail.
-    second = RunningGateway(Settings(kafka=bootstrap, report_timeout_s=2.0, max_frame_bytes=2 << 20)).start()
+    second = RunningGateway(dataclasses.replace(shared, max_frame_bytes=2 << 20)).start()
     try:
         yield first, second
     finally:
@@ -220,7 +223,9 @@ async def test_bad_input_is_refused_and_the_stream_continues(bootstrap, gateways
         await expect_error(ws, "invalid_start")
 
         await ws.send(json.dumps({"action": "start", "num_speakers": 3, "session_id": "bad-input-1"}))
-        assert await receive(ws) == {"event": "started", "num_speakers": 3, "sessionId": "bad-input-1"}
+        started = await receive(ws)
+        assert started.pop("resumeToken")
+        assert started == {"event": "started", "num_speakers": 3, "sessionId": "bad-input-1"}
         other = await start_session(neighbour, min_speakers=2, max_speakers=4)
         await ws.send(json.dumps({"action": "start"}))
         await expect_error(ws, "already_started")
@@ -350,14 +355,105 @@ async def test_results_reach_the_session_and_its_subscribers_only(bootstrap, gat
         assert other_health.status_code == 200 and other_health.json()["sessions"] == 1
 
 
-async def test_disconnect_mid_session_publishes_stop(bootstrap, gateways, pcm):
+async def test_disconnect_mid_session_publishes_stop_after_the_grace_period(bootstrap, gateways, pcm):
     gateway, _ = gateways
     async with audio_tap(bootstrap) as audio:
         async with gateway.session() as ws:
             session_id = await start_session(ws)
             await ws.send(pcm(240))
+        left = time.monotonic()
         records = await audio.wait_for(session_id, 3)
+        assert time.monotonic() - left >= gateway.settings.resume_grace_s - 0.1
         assert_stream(records, session_id, [pcm(240)], gateway.id)
+
+
+async def test_without_a_grace_period_a_lost_client_is_stopped_at_once(bootstrap, pcm):
+    gateway = RunningGateway(Settings(kafka=bootstrap, resume_grace_s=0)).start()
+    try:
+        async with audio_tap(bootstrap) as audio:
+            async with gateway.session() as ws:
+                session_id = await start_session(ws)
+                await ws.send(pcm(240))
+            left = time.monotonic()
+            records = await audio.wait_for(session_id, 3)
+            assert time.monotonic() - left < 2.0
+            assert_stream(records, session_id, [pcm(240)], gateway.id)
+    finally:
+        gateway.stop()
+
+
+async def resume(ws: ClientConnection, session_id: str, token: str) -> dict:
+    await ws.send(json.dumps({"action": "resume", "session_id": session_id, "token": token}))
+    return await receive(ws)
+
+
+async def test_a_session_resumes_on_its_gateway_and_on_another(bootstrap, gateways, pcm):
+    first, second = gateways
+    frames = [pcm(320, seed=seed) for seed in range(4)]
+    async with audio_tap(bootstrap) as audio:
+        async with first.session() as ws:
+            await ws.send(json.dumps({"action": "start", "session_id": "resumed-twice"}))
+            token = (await receive(ws))["resumeToken"]
+            await ws.send(frames[0])
+            await audio.wait_for("resumed-twice", 2)
+        # Back on the gateway that holds it: the numbering goes on where the bus left off.
+        async with first.session() as ws:
+            assert await resume(ws, "resumed-twice", token) == {
+                "event": "resumed",
+                "sessionId": "resumed-twice",
+                "offset": 320,
+                "offsetMs": 20,
+            }
+            await ws.send(frames[1])
+            await audio.wait_for("resumed-twice", 3)
+        # On the other gateway, which never saw the session: it reads the position off the bus.
+        async with second.session() as ws:
+            resumed = await resume(ws, "resumed-twice", token)
+            assert (resumed["event"], resumed["offset"]) == ("resumed", 640)
+            await ws.send(frames[2])
+            await ws.send(frames[3])
+            # The first gateway's grace period ends meanwhile: it sees the session resumed and leaves it be.
+            await asyncio.sleep(first.settings.resume_grace_s + 1.0)
+            await ws.send(json.dumps({"action": "stop"}))
+            records = await audio.wait_for("resumed-twice", 6)
+            await expect_error(ws, "report_timeout")
+    assert [type(r) for r in records] == [SessionStart, AudioChunk, AudioChunk, AudioChunk, AudioChunk, SessionStop]
+    assert [(r.seq, getattr(r, "offset", 0)) for r in records] == [
+        (0, 0),
+        (1, 0),
+        (2, 320),
+        (3, 640),
+        (4, 960),
+        (5, 1280),
+    ]
+    assert [r.producer for r in records] == [first.id] * 3 + [second.id] * 3
+    assert [r.pcm for r in records[1:5]] == frames
+
+
+async def test_what_cannot_be_resumed_is_refused(bootstrap, gateways, pcm):
+    first, second = gateways
+    async with audio_tap(bootstrap) as audio:
+        async with first.session() as stale:
+            await stale.send(json.dumps({"action": "start", "session_id": "resume-refusals"}))
+            token = (await receive(stale))["resumeToken"]
+            await stale.send(pcm(160))
+            await audio.wait_for("resume-refusals", 2)
+            assert (await resume(stale, "resume-refusals", token))["code"] == "already_started"
+            forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+            async with first.session() as newer:
+                assert (await resume(newer, "resume-refusals", forged))["code"] == "invalid_resume"
+                # The client's new connection takes the session from its old one, which the gateway then closes.
+                resumed = await resume(newer, "resume-refusals", token)
+                assert (resumed["event"], resumed["offset"]) == ("resumed", 160)
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(stale.recv(), 5)
+                await newer.send(json.dumps({"action": "stop"}))
+                records = await audio.wait_for("resume-refusals", 3)
+        async with second.session() as ws:
+            assert (await resume(ws, "resume-refusals", token))["code"] == "resume_expired"  # it was stopped
+            assert (await resume(ws, "never-started", token))["code"] == "invalid_resume"
+    assert [type(r) for r in records] == [SessionStart, AudioChunk, SessionStop]
+    assert (records[-1].seq, records[-1].offset) == (2, 160)
 
 
 async def test_report_timeout_is_an_error_and_the_socket_goes_on(bootstrap, gateways, pcm):

@@ -9,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.agents import embed
 from pipeline.agents.app import RecordGuard, build_app, handle_session_messages
+from pipeline.agents.session_states import SessionStates, encode_checkpoint
 from pipeline.metrics import StageMetrics
 from pipeline.settings import Settings
 from pipeline.stages.base import StateVersionError
@@ -79,13 +80,15 @@ async def test_a_failing_record_is_counted_dead_lettered_and_left_behind():
 async def test_a_session_whose_state_cannot_be_restored_does_not_stall_its_partition():
     dead_letters = DeadLetters()
     guard = RecordGuard("t-restore", StageMetrics("t-restore"), dead_letters)
-    sessions = {b"s-old": b'{"v":0,"state":{}}', b"s-new": b"ok"}
 
     def load(stored: bytes) -> bytes:
         if stored != b"ok":
             raise StateVersionError(f"stored state starts {stored[:8]!r}")
         return stored
 
+    # Checkpoints that cover every record below: nothing to replay from the input topic.
+    table = {b"s-old": encode_checkpoint(100, b'{"v":0,"state":{}}'), b"s-new": encode_checkpoint(100, b"ok")}
+    sessions = SessionStates(SimpleNamespace(data=table), "speakerflow.audio", load, Settings())
     handled: list[tuple[str, int]] = []
 
     async def handle(event, message, state) -> None:
@@ -102,7 +105,7 @@ async def test_a_session_whose_state_cannot_be_restored_does_not_stall_its_parti
         event_of(chunk("s-new", 3), offset=15),
     ]
     before = errors("t-restore")
-    await handle_session_messages(Stream(events), sessions, load, handle, guard)
+    await handle_session_messages(Stream(events), sessions, lambda *replayed: None, handle, guard)
 
     assert handled == [("s-new", 1), ("s-third", 0), ("s-new", 3)]
     assert errors("t-restore") == before + 3
@@ -153,7 +156,7 @@ async def test_a_failing_embedding_batch_loses_only_the_record_that_fails_alone(
         embed, "dead_letter_guard", lambda app, stage, metrics: RecordGuard(stage, metrics, dead_letters)
     )
     app = build_app("t-embed", Settings())
-    embed.register(app, profile=None)
+    embed.register(app, profile=None, settings=Settings())
     starts = [SessionStart(session_id=s, seq=0, producer="test") for s in ("s-a", "s-bad", "s-b")]
     events = [event_of(start, offset=offset) for offset, start in enumerate(starts)]
     for event in events:

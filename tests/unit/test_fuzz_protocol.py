@@ -15,6 +15,7 @@ from pipeline.gateway.protocol import (
     ClientAction,
     GatewaySession,
     ProtocolError,
+    ResumeAction,
     StartAction,
     StopAction,
     parse_action,
@@ -29,7 +30,7 @@ json_values = st.recursive(
 START_FIELDS = ("session_id", "num_speakers", "min_speakers", "max_speakers", "sample_rate", "encoding")
 # Actions that look like the real ones, with any values in their fields: the parser's validation is reached.
 action_bodies = st.fixed_dictionaries(
-    {"action": st.sampled_from(["start", "stop", "pause", ""]) | json_values},
+    {"action": st.sampled_from(["start", "stop", "resume", "pause", ""]) | json_values},
     optional={field: json_values | st.integers(min_value=-10, max_value=50_000) for field in START_FIELDS},
 )
 
@@ -40,7 +41,7 @@ def parses_or_refuses(text: str) -> ClientAction | None:
     except ProtocolError as exc:
         assert exc.event().code == exc.code  # every refusal can be sent to the client as an error event
         return None
-    assert isinstance(action, StartAction | StopAction)
+    assert isinstance(action, StartAction | StopAction | ResumeAction)
     return action
 
 

@@ -191,7 +191,7 @@ def test_a_state_of_another_version_fails_loudly():
     # Version 1 was one flat model of every part's fields, stored as bare JSON with no version field.
     parts = state.model_dump(mode="json")
     identity, live, report = parts.pop("identity"), parts.pop("live"), parts.pop("report")
-    del parts["speaker_floor"]
+    del parts["speaker_floor"], parts["naming"]
     identity = {k: identity[k] for k in ("centroid_sums", "speaker_of_track", "merged_into")} | {"provisional": {}}
     flat = parts | identity | {"embedded": report["embedded"], "cannot_link": report["cannot_link"]}
     flat |= {"live_until_s": live["until_s"], "report_until_s": report["until_s"], "live": live["binarizer"]}
@@ -201,7 +201,7 @@ def test_a_state_of_another_version_fails_loudly():
     with pytest.raises(StateVersionError):
         OverlapClusteringSessionState.from_bytes(json.dumps(flat).encode())
     stored = json.loads(state.to_bytes())
-    for older in (1, 2):  # 2: the identity without evidence per track, apart pairs or shown ids
+    for older in (1, 2, 3):  # 2: the identity without evidence per track, apart pairs or shown ids; 3: no names
         stored["v"] = older
         with pytest.raises(StateVersionError):
             OverlapClusteringSessionState.from_bytes(json.dumps(stored).encode())

@@ -117,3 +117,36 @@ def test_a_state_of_another_version_fails_loudly(stage, monkeypatch):
     monkeypatch.setattr(SegmentationSessionState, "VERSION", SegmentationSessionState.VERSION + 1)
     with pytest.raises(StateVersionError):
         SegmentationSessionState.from_bytes(stored)
+
+
+def test_sessions_pushed_together_get_the_windows_they_get_alone(stage, pcm):
+    # Two sessions' chunks interleaved as a worker takes them off one partition, pushed in batches of three.
+    alone = run(stage, stage.start(START), chunks(pcm), finish=False)
+    other = pcm[::-1].copy()
+    alone_other = run(stage, stage.start(START), chunks(other), finish=False)
+    states = [stage.start(START), stage.start(START)]
+    pushes = [(i, chunk) for pair in zip(chunks(pcm), chunks(other)) for i, chunk in enumerate(pair)]
+    together: list[list] = [[], []]
+    for lo in range(0, len(pushes), 3):
+        batch = pushes[lo : lo + 3]
+        results = stage.push_many([(states[i], chunk, 0) for i, chunk in batch])
+        for (i, _), windows in zip(batch, results):
+            together[i] += windows
+    for batched, single in zip(together, [alone, alone_other]):
+        assert [w.step for w in batched] == [w.step for w in single]
+        assert [w.tracks for w in batched] == [w.tracks for w in single]
+        assert [w.embed_tracks for w in batched] == [w.embed_tracks for w in single]
+        # One forward pass of eight windows is not bit-identical to eight of one: the activity may differ in rounding.
+        for b, s in zip(batched, single):
+            difference = np.abs(np.asarray(b.activity, int) - np.asarray(s.activity, int))
+            assert difference.size == 0 or difference.max() <= 2
+
+
+def test_a_push_that_fails_in_a_batch_loses_only_its_own_windows(stage, pcm):
+    good, bad = stage.start(START), stage.start(START)
+    first, second, *_ = chunks(pcm)
+    broken = second.model_copy(update={"pcm": b"\x01\x02\x03"})  # an odd byte count is no PCM16
+    results = stage.push_many([(good, first, 0), (bad, first, 0), (bad, broken, 0), (good, second, 0)])
+    assert isinstance(results[2], ValueError)
+    assert all(isinstance(r, list) for i, r in enumerate(results) if i != 2)
+    assert good.next_offset == len(first.pcm) // 2 + len(second.pcm) // 2

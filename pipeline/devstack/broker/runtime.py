@@ -4,6 +4,11 @@ The broker's classpath is collected from Maven Central with ``kafka-pom.xml`` in
 the repository (:func:`assemble`); :class:`KafkaBroker` formats a data directory and runs
 ``kafka.Kafka`` on 127.0.0.1, either attached to the calling process or detached (``make up``).
 
+Given SCRAM users, the broker also serves clients on a SASL_SSL listener (SCRAM-SHA-512 over TLS,
+certificates made at start by :mod:`pipeline.devstack.broker.tls`); the users are created when the
+data directory is formatted. The plaintext listener stays, on loopback only, for the broker's own
+inter-broker traffic and for the readiness probe, which speaks the wire protocol without TLS.
+
 Version choice: KAFKA_VERSION is the newest 4.x release that can be assembled from Maven Central and
 passes our client checks: aiokafka 0.14.0 (headers, group commit, topic configs, transactions) and a
 faust-streaming 0.15.3 app with a table, at-least-once and exactly-once. 4.4.0 cannot be assembled:
@@ -27,11 +32,13 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.settings import Settings
+from pipeline.devstack.broker.tls import BrokerTLS, generate_broker_tls
+from pipeline.settings import KafkaSecurity, Settings
 
 __all__ = [
     "KAFKA_VERSION",
@@ -53,6 +60,8 @@ _STATE_FILE = "broker.json"
 _NODE_ID = 1
 _HEAP = "512m"
 _STOP_GRACE_S = 20.0
+# The mechanism of the SASL_SSL listener and of the users created with it.
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 
 
 class BrokerError(RuntimeError):
@@ -148,6 +157,7 @@ class DetachedBroker:
     controller_port: int
     version: str
     log_path: str
+    sasl_port: int | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -164,6 +174,9 @@ class KafkaBroker:
 
     Without ``data_dir`` a fresh temporary directory is used and removed by :meth:`stop`; a given
     ``data_dir`` is kept (and an already formatted one is reused as is).
+
+    With ``scram_users`` (name -> password) clients may also connect on ``sasl_port`` with
+    SASL_SSL (:attr:`sasl_bootstrap_servers`, :meth:`client_security`).
     """
 
     def __init__(
@@ -174,6 +187,8 @@ class KafkaBroker:
         version: str = KAFKA_VERSION,
         log_path: Path | None = None,
         cache_dir: Path | None = None,
+        scram_users: Mapping[str, str] | None = None,
+        sasl_port: int | None = None,
     ) -> None:
         # The jars' cache: the caller's settings, else SPEAKERFLOW_CACHE or its default.
         self.cache_dir = cache_dir if cache_dir is not None else Settings.from_env().cache_dir
@@ -182,7 +197,10 @@ class KafkaBroker:
         self.data_dir = (
             Path(tempfile.mkdtemp(prefix="speakerflow-kafka-")) if data_dir is None else Path(data_dir)
         ).resolve()
-        self.port, self.controller_port = _pick_ports(port, controller_port)
+        self.scram_users = dict(scram_users or {})
+        self.port, self.controller_port, picked_sasl_port = _pick_ports(port, controller_port, sasl_port)
+        self.sasl_port = picked_sasl_port if self.scram_users else None
+        self.tls: BrokerTLS | None = None
         self.version = version
         self.log_path = Path(log_path).resolve() if log_path is not None else self.data_dir / "server.log"
         self._jvm_out_path = self.data_dir / "jvm.out"
@@ -192,6 +210,25 @@ class KafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener; only with ``scram_users``."""
+        if self.sasl_port is None:
+            raise BrokerError("this broker has no SASL_SSL listener: start it with scram_users")
+        return f"127.0.0.1:{self.sasl_port}"
+
+    def client_security(self, username: str, password: str | None = None) -> KafkaSecurity:
+        """How a client logs in on the SASL_SSL listener as `username` (with its own password unless given)."""
+        if self.tls is None:
+            raise BrokerError("the broker's certificates are made at start; start it first")
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism=SCRAM_MECHANISM,
+            username=username,
+            password=self.scram_users[username] if password is None else password,
+            ca_file=self.tls.ca_file,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -219,6 +256,11 @@ class KafkaBroker:
         classpath = str(libs / "*")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.scram_users:
+            try:
+                self.tls = generate_broker_tls(self.data_dir / "tls", java)
+            except (OSError, RuntimeError) as exc:
+                raise BrokerError(f"making the SASL_SSL listener's certificates failed: {exc}") from exc
         props = self._write_server_properties()
         log4j = self._write_log4j_config()
         jvm_opts = [
@@ -328,9 +370,32 @@ class KafkaBroker:
             "transaction.state.log.num.partitions": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
+        if self.tls is not None:
+            props.update(self._sasl_ssl_properties(props))
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
+
+    def _sasl_ssl_properties(self, props: dict[str, str]) -> dict[str, str]:
+        """A SASL_SSL listener for clients beside the plaintext one (which stays the inter-broker listener)."""
+        assert self.tls is not None
+        listener = f"SASL_SSL://127.0.0.1:{self.sasl_port}"
+        mechanism = SCRAM_MECHANISM.lower()
+        return {
+            "listeners": f"{props['listeners']},{listener}",
+            "advertised.listeners": f"{props['advertised.listeners']},{listener}",
+            "listener.security.protocol.map": f"{props['listener.security.protocol.map']},SASL_SSL:SASL_SSL",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            # The server side of SCRAM needs a login module entry; the users' credentials live in the metadata log.
+            f"listener.name.sasl_ssl.{mechanism}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(self.tls.keystore),
+            "ssl.keystore.password": self.tls.password,
+            "ssl.key.password": self.tls.password,
+            "ssl.client.auth": "none",
+        }
 
     def _write_log4j_config(self) -> Path:
         path = self.data_dir / "log4j2.properties"
@@ -372,6 +437,8 @@ class KafkaBroker:
             "--cluster-id",
             _new_cluster_id(),
         ]
+        for name, password in self.scram_users.items():
+            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
         _run_checked(cmd, self.data_dir, f"formatting Kafka storage in {self.data_dir}", tail_lines=30)
 
     def _wait_ready(self, deadline: float) -> None:
@@ -432,6 +499,7 @@ class KafkaBroker:
             controller_port=self.controller_port,
             version=self.version,
             log_path=str(self.log_path),
+            sasl_port=self.sasl_port,
         )
         tmp = self.data_dir / f"{_STATE_FILE}.tmp"
         tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -529,18 +597,18 @@ def _java() -> str:
     return found
 
 
-def _pick_ports(port: int | None, controller_port: int | None) -> tuple[int, int]:
-    # Both sockets stay bound until both numbers are chosen, so the two cannot coincide.
+def _pick_ports(*ports: int | None) -> tuple[int, ...]:
+    # Every socket stays bound until all numbers are chosen, so no two can coincide.
     with contextlib.ExitStack() as stack:
         chosen = []
-        for wanted in (port, controller_port):
+        for wanted in ports:
             if wanted is not None:
                 chosen.append(wanted)
                 continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind(("127.0.0.1", 0))
             chosen.append(sock.getsockname()[1])
-    return chosen[0], chosen[1]
+    return tuple(chosen)
 
 
 def _new_cluster_id() -> str:

@@ -27,17 +27,18 @@ from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import WindowActivity
 from pipeline.stages.accurate.live_labels import LiveLabels, LiveLabelsState
 from pipeline.stages.accurate.session_report import ReportBuilder, ReportState
-from pipeline.stages.accurate.speaker_identity import SpeakerIdentity, SpeakerIdentityState
+from pipeline.stages.accurate.speaker_identity import SpeakerIdentity, SpeakerIdentityState, shown_centroids
 from pipeline.stages.base import ClusterOutput, JsonSessionState
-from topics.messages import ACTIVITY_SCALE, SAMPLE_RATE, SessionStart, SessionStop, WindowEmbeddings
+from pipeline.stages.speaker_naming import Centroid, SpeakerNaming, SpeakerNamingState, with_voices
+from topics.messages import ACTIVITY_SCALE, SAMPLE_RATE, SessionReport, SessionStart, SessionStop, WindowEmbeddings
 
 
 class OverlapClusteringSessionState(JsonSessionState):
     """One session: the speaker count asked for, the windows in hand, and each part's own state."""
 
-    # 3: the speaker floor; identity with evidence per track, apart pairs and shown ids (2: identity, live
-    # labels and report each in a part of their own; 1: one flat model, stored unversioned).
-    VERSION = 3
+    # 4: the names of known speakers (3: the speaker floor; identity with evidence per track, apart pairs and
+    # shown ids; 2: identity, live labels and report each in a part of their own; 1: one flat model, unversioned).
+    VERSION = 4
     model_config = ConfigDict(extra="forbid")
 
     num_speakers: int | None
@@ -52,6 +53,7 @@ class OverlapClusteringSessionState(JsonSessionState):
     identity: SpeakerIdentityState = Field(default_factory=SpeakerIdentityState)
     live: LiveLabelsState = Field(default_factory=LiveLabelsState)
     report: ReportState = Field(default_factory=ReportState)
+    naming: SpeakerNamingState = Field(default_factory=SpeakerNamingState)
 
 
 class OverlapClusteringStage:
@@ -60,15 +62,22 @@ class OverlapClusteringStage:
     state_type = OverlapClusteringSessionState
     input_type = WindowEmbeddings
 
-    def __init__(self, config: OverlapClusteringConfig) -> None:
+    def __init__(
+        self, config: OverlapClusteringConfig, naming: SpeakerNaming | None = None, embedding_model: str | None = None
+    ) -> None:
         self.config = config
+        self.embedding_model = embedding_model  # the space of the embeddings it clusters, named in the report
         self.identity = SpeakerIdentity(config)
         self.live = LiveLabels(config)
         self.report = ReportBuilder(config)
+        self.naming = naming  # None: speakers are never named
 
     def start(self, message: SessionStart) -> OverlapClusteringSessionState:
         return OverlapClusteringSessionState(
-            num_speakers=message.num_speakers, speaker_limit=message.speaker_limit, speaker_floor=message.speaker_floor
+            num_speakers=message.num_speakers,
+            speaker_limit=message.speaker_limit,
+            speaker_floor=message.speaker_floor,
+            naming=self.naming.start(message) if self.naming is not None else SpeakerNamingState(),
         )
 
     def push(self, state: OverlapClusteringSessionState, message: WindowEmbeddings) -> list[ClusterOutput]:
@@ -106,6 +115,10 @@ class OverlapClusteringStage:
         )
         self.report.settle(state.report, state.windows, state.end_s - state.window_s)
         self._forget_settled_windows(state)
+        if self.naming is not None:
+            # Every window, not only those with fresh embeddings: a profile enrolled or deleted meanwhile counts now.
+            self.naming.match(state.naming, shown_centroids(state.identity))
+            outputs = self.naming.label(state.naming, outputs)
         return outputs
 
     def finish(self, state: OverlapClusteringSessionState, message: SessionStop) -> list[ClusterOutput]:
@@ -114,12 +127,27 @@ class OverlapClusteringStage:
         outputs = self.live.settle(state.live, message.session_id, state.windows, end_s, state.ingest_ms)
         outputs += self.live.close_turns(state.live, message.session_id)
         self.report.settle(state.report, state.windows, end_s)
+        if self.naming is not None:
+            outputs = self.naming.label(state.naming, outputs)
         outputs.append(
             self.report.report(
-                state.report, message.session_id, end_s, state.num_speakers, state.speaker_limit, state.speaker_floor
+                state.report,
+                message.session_id,
+                end_s,
+                state.num_speakers,
+                state.speaker_limit,
+                state.speaker_floor,
+                name=lambda report, centroids: self._name_report(state, report, centroids),
             )
         )
         return outputs
+
+    def _name_report(
+        self, state: OverlapClusteringSessionState, report: SessionReport, centroids: dict[int, Centroid]
+    ) -> SessionReport:
+        """The report with its speakers' voices, and their names where they match a profile."""
+        report = with_voices(report, centroids, self.embedding_model)
+        return report if self.naming is None else self.naming.label_report(state.naming, report, centroids)
 
     @staticmethod
     def _forget_settled_windows(state: OverlapClusteringSessionState) -> None:

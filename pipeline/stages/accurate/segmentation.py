@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,20 @@ class SegmentationSessionState(AudioSessionState):
             if entry[0] == track:
                 return entry[1], int(entry[2])
         return None
+
+
+@dataclass
+class WindowCut:
+    """One window's audio cut out of a session's buffer (by the `push` of record `item`), before segmentation."""
+
+    item: int
+    state: SegmentationSessionState
+    session_id: str
+    step: int
+    start: int
+    end: int
+    ingest_ms: int
+    audio: np.ndarray
 
 
 def split_runs(activity: np.ndarray, threshold: float, split_below: float) -> tuple[np.ndarray, list[int]]:
@@ -166,11 +181,38 @@ class SegmentationStage:
 
     def push(self, state: SegmentationSessionState, chunk: AudioChunk, ingest_ms: int) -> list[SegmentedWindow]:
         """Feed one chunk; return the windows it completes. Replayed chunks are ignored."""
-        pcm = state.accept(chunk, ingest_ms)
-        if pcm is None:
-            return []
-        state.buffer = np.concatenate([state.buffer, pcm])
-        return self._emit(state, chunk.session_id, final=False)
+        (result,) = self.push_many([(state, chunk, ingest_ms)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def push_many(
+        self, pushes: Sequence[tuple[SegmentationSessionState, AudioChunk, int]]
+    ) -> list[list[SegmentedWindow] | Exception]:
+        """`push` for each (state, chunk, ingest_ms) in order, every completed window segmented in one batch.
+
+        Batched, segmentation-3.0 costs about 40 % less per window on a CPU core than window by
+        window (its LSTM dominates and runs no faster for one sequence than for eight). A push
+        that fails gives its exception in place of its windows; the others are unaffected.
+        """
+        results: list[list[SegmentedWindow] | Exception] = []
+        cuts: list[WindowCut] = []
+        for item, (state, chunk, ingest_ms) in enumerate(pushes):
+            try:
+                pcm = state.accept(chunk, ingest_ms)
+                if pcm is not None:
+                    state.buffer = np.concatenate([state.buffer, pcm])
+                    cuts += self._cut(state, chunk.session_id, item, final=False)
+                results.append([])
+            except Exception as error:
+                results.append(error)
+        for cut, window in zip(cuts, self._segment(cuts)):
+            done = results[cut.item]
+            if isinstance(window, Exception):
+                results[cut.item] = window
+            elif isinstance(done, list):
+                done.append(window)
+        return results
 
     def finish(self, state: SegmentationSessionState, message: SessionStop) -> list[SegmentedWindow | SessionStop]:
         """End of stream: the windows that cover the rest of the audio, zero-padded, then the stop.
@@ -179,10 +221,15 @@ class SegmentationStage:
         """
         if not state.accept_stop(message):
             return []
-        return [*self._emit(state, message.session_id, final=True), message]
+        windows = self._segment(self._cut(state, message.session_id, 0, final=True))
+        for window in windows:
+            if isinstance(window, Exception):
+                raise window
+        return [*windows, message]
 
-    def _emit(self, state: SegmentationSessionState, session_id: str, final: bool) -> list[SegmentedWindow]:
-        windows = []
+    def _cut(self, state: SegmentationSessionState, session_id: str, item: int, final: bool) -> list[WindowCut]:
+        """The windows the buffered audio completes, cut out of it; the buffer keeps what later windows need."""
+        cuts = []
         while True:
             end = (state.next_step + 1) * self._step
             if not final and end > state.next_offset:
@@ -193,21 +240,42 @@ class SegmentationStage:
             audio = state.buffer[start - state.buffer_start : end - state.buffer_start]
             if len(audio) < self._window:
                 audio = np.concatenate([audio, np.zeros(self._window - len(audio), np.int16)])
-            windows.append(self._segment(state, session_id, start, end, audio))
+            cuts.append(WindowCut(item, state, session_id, state.next_step, start, end, state.ingest_ms, audio))
             state.next_step += 1
             drop = start + self._step - state.buffer_start
             state.buffer = state.buffer[drop:]
             state.buffer_start += drop
+        return cuts
+
+    def _segment(self, cuts: list[WindowCut]) -> list[SegmentedWindow | Exception]:
+        """The cuts' windows in order, their model passes batched; a window that fails gives its exception."""
+        activities: list[np.ndarray | Exception] = []
+        batch = self.config.batch_windows
+        for lo in range(0, len(cuts), batch):
+            group = cuts[lo : lo + batch]
+            try:
+                activities += list(self.model(np.stack([cut.audio for cut in group])))
+            except Exception:
+                # The batch failed as a whole: window by window, so only a window that fails alone is lost.
+                for cut in group:
+                    try:
+                        activities.append(self.model(cut.audio[np.newaxis])[0])
+                    except Exception as error:
+                        activities.append(error)
+        windows: list[SegmentedWindow | Exception] = []
+        for cut, activity in zip(cuts, activities):
+            try:
+                windows.append(activity if isinstance(activity, Exception) else self._label(cut, activity))
+            except Exception as error:
+                windows.append(error)
         return windows
 
-    def _segment(
-        self, state: SegmentationSessionState, session_id: str, start: int, end: int, audio: np.ndarray
-    ) -> SegmentedWindow:
-        activity, slots = split_runs(
-            self.model(audio[np.newaxis])[0], self.config.active_threshold, self.config.split_below
-        )
+    def _label(self, cut: WindowCut, model_activity: np.ndarray) -> SegmentedWindow:
+        """One window's runs tracked across the session's windows, from the model's slot activity."""
+        state = cut.state
+        activity, slots = split_runs(model_activity, self.config.active_threshold, self.config.split_below)
         tracks = self._track(state, activity)
-        embed = self._tracks_to_embed(state, activity, tracks)
+        embed = self._tracks_to_embed(state, activity, tracks, cut.step)
         previous_in_slot: dict[int, int] = {}
         follows = []
         for slot, track in zip(slots, tracks):
@@ -215,18 +283,18 @@ class SegmentationStage:
             previous_in_slot[slot] = track
         state.previous_activity, state.previous_tracks = activity.astype(np.float32), tracks
         return SegmentedWindow(
-            session_id=session_id,
-            step=state.next_step,
-            start=start,
-            end=end,
-            ingest_ms=state.ingest_ms,
+            session_id=cut.session_id,
+            step=cut.step,
+            start=cut.start,
+            end=cut.end,
+            ingest_ms=cut.ingest_ms,
             frame_offset_s=self.model.frame_offset_s,
             frame_step_s=self.model.frame_step_s,
             tracks=tracks,
             follows=follows,
             activity=np.rint(activity.T * ACTIVITY_SCALE).astype(int).tolist(),
             embed_tracks=embed,
-            pcm=audio.astype("<i2").tobytes() if embed else b"",
+            pcm=cut.audio.astype("<i2").tobytes() if embed else b"",
         )
 
     def _track(self, state: SegmentationSessionState, activity: np.ndarray) -> list[int]:
@@ -242,7 +310,9 @@ class SegmentationStage:
         state.embedded = [entry for entry in state.embedded if entry[0] in tracks]
         return tracks
 
-    def _tracks_to_embed(self, state: SegmentationSessionState, activity: np.ndarray, tracks: list[int]) -> list[int]:
+    def _tracks_to_embed(
+        self, state: SegmentationSessionState, activity: np.ndarray, tracks: list[int], step: int
+    ) -> list[int]:
         config = self.config
         refresh_steps = config.embed_refresh_s / config.step_s
         wanted = []
@@ -251,9 +321,7 @@ class SegmentationStage:
             if speech_s < config.min_embed_activity_s:
                 continue
             last = state.last_embedding(track)
-            if last is None or speech_s >= config.embed_growth * last[0] or state.next_step - last[1] >= refresh_steps:
+            if last is None or speech_s >= config.embed_growth * last[0] or step - last[1] >= refresh_steps:
                 wanted.append(track)
-                state.embedded = [entry for entry in state.embedded if entry[0] != track] + [
-                    [track, speech_s, state.next_step]
-                ]
+                state.embedded = [entry for entry in state.embedded if entry[0] != track] + [[track, speech_s, step]]
         return wanted

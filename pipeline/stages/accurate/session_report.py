@@ -10,12 +10,15 @@ have already seen wherever they match.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import Binarizer, WindowActivity, aggregate, output_grid, seconds_to_ms
 from pipeline.stages.accurate.reclustering import LEFT_OUT, constrained_average_linkage, keep_live_ids
+from pipeline.stages.speaker_naming import Centroid
 from topics.messages import LabeledSpan, ReportedSpeaker, SessionReport
 
 
@@ -110,9 +113,13 @@ class ReportBuilder:
         num_speakers: int | None,
         max_speakers: int,
         min_speakers: int = 1,
+        name: Callable[[SessionReport, dict[int, Centroid]], SessionReport] | None = None,
     ) -> SessionReport:
-        """The report of the whole session: `num_speakers` speakers if given, else an estimate within the bounds."""
-        label_of_piece = self._final_labels(state, num_speakers, min_speakers, max_speakers)
+        """The report of the whole session: `num_speakers` speakers if given, else an estimate within the bounds.
+
+        `name`, if given, completes it from each speaker's centroid: its voice, and its name where it has one.
+        """
+        label_of_piece, centroids = self._final_labels(state, num_speakers, min_speakers, max_speakers)
         by_speaker: dict[int, list[tuple[int, int]]] = {}
         for piece, label in zip(state.pieces, label_of_piece):
             if label is not None:
@@ -124,22 +131,24 @@ class ReportBuilder:
             totals[speaker] = sum(e - s for s, e in merged)
             turns += [LabeledSpan(speaker=speaker, start_ms=s, end_ms=e) for s, e in merged]
         turns.sort(key=lambda t: (t.start_ms, t.speaker))
-        return SessionReport(
+        report = SessionReport(
             session_id=session_id,
             duration_ms=seconds_to_ms(end_s),
             speakers=[ReportedSpeaker(id=s, total_time_ms=totals[s]) for s in sorted(totals)],
             turns=turns,
         )
+        return name(report, {s: c for s, c in centroids.items() if s in totals}) if name is not None else report
 
     def _final_labels(
         self, state: ReportState, num_speakers: int | None, min_speakers: int, max_speakers: int
-    ) -> list[int | None]:
+    ) -> tuple[list[int | None], dict[int, Centroid]]:
         """A final speaker id for every report piece: the cluster of its track's embedding nearest in time.
 
         None for a piece whose embedding belongs to no speaker (a voice past the count, heard over every speaker).
+        Also each final speaker's centroid: the embeddings of its cluster.
         """
         if not state.pieces:
-            return []
+            return [], {}
         items = state.embedded
         count = len(items)
         cannot = np.zeros((count, count), bool)
@@ -167,6 +176,12 @@ class ReportBuilder:
             if item is not None and labels[item] != LEFT_OUT:
                 overlap[labels[item], piece.live] += piece.end_ms - piece.start_ms
         final = keep_live_ids(overlap)
+        vectors = np.asarray([i.vector for i in items])
+        centroids = {
+            final[c]: Centroid(vectors[labels == c].sum(axis=0), int((labels == c).sum()))
+            for c in range(clusters)
+            if c in final and (labels == c).any()
+        }
         # A piece of a track never embedded follows its live speaker's main cluster.
         cluster_of_live = {s: int(np.argmax(overlap[:, s])) for s in range(lives) if clusters and overlap[:, s].any()}
         result = []
@@ -177,7 +192,7 @@ class ReportBuilder:
                 result.append(final[cluster_of_live[piece.live]])
             else:  # no evidence of whose voice it is: a speaker of its own, unless the count is already full
                 result.append(piece.live if num_speakers is None else None)
-        return result
+        return result, centroids
 
 
 def _add_piece(state: ReportState, piece: ReportPiece) -> None:

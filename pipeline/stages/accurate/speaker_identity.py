@@ -35,6 +35,7 @@ from scipy.optimize import linear_sum_assignment
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import WindowActivity
 from pipeline.stages.accurate.speaker_assignment import NEW, assign, cosine_distances
+from pipeline.stages.speaker_naming import Centroid
 
 
 class TrackEvidence(BaseModel):
@@ -283,6 +284,20 @@ def show(state: SpeakerIdentityState, limit: int, heard_together: set[tuple[int,
     shown = _name_groups(state, [groups[g] for g in kept])
     state.shown_as = shown
     return shown
+
+
+def shown_centroids(state: SpeakerIdentityState) -> dict[int, Centroid]:
+    """Each id clients see, with the evidence of the speakers shown under it (for naming them)."""
+    centroids: dict[int, Centroid] = {}
+    for speaker, shown in state.shown_as.items():
+        if state.evidence[speaker] <= 0 or not state.centroid_sums[speaker]:
+            continue
+        vector = np.asarray(state.centroid_sums[speaker])
+        before = centroids.get(shown)
+        if before is not None:
+            vector = vector + before.vector_sum
+        centroids[shown] = Centroid(vector, state.evidence[speaker] + (before.evidence if before else 0))
+    return centroids
 
 
 def _name_groups(state: SpeakerIdentityState, groups: list[list[int]]) -> dict[int, int]:

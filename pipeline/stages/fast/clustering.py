@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.config import ClusteringConfig
 from pipeline.stages.base import ClusterOutput, JsonSessionState
+from pipeline.stages.speaker_naming import Centroid, SpeakerNaming, SpeakerNamingState, with_voices
 from topics.messages import (
     SAMPLE_RATE,
     LabeledSpan,
@@ -108,7 +109,8 @@ class Piece(BaseModel):
 class ClusteringSessionState(JsonSessionState):
     """One session's speakers, provisional voices, talk time, turns and report pieces; versioned JSON in the changelog."""
 
-    VERSION = 2
+    # 3: the names of known speakers.
+    VERSION = 3
     model_config = ConfigDict(extra="forbid")
 
     speaker_limit: int
@@ -123,6 +125,7 @@ class ClusteringSessionState(JsonSessionState):
     speaking: Heard | None = None
     turn: TurnInSamples | None = None
     pieces: list[Piece] = []
+    naming: SpeakerNamingState = SpeakerNamingState()
 
 
 class ClusteringStage:
@@ -131,12 +134,22 @@ class ClusteringStage:
     state_type = ClusteringSessionState
     input_type = StepEmbedding
 
-    def __init__(self, config: ClusteringConfig) -> None:
+    def __init__(
+        self, config: ClusteringConfig, naming: SpeakerNaming | None = None, embedding_model: str | None = None
+    ) -> None:
         self.config = config
+        self.embedding_model = embedding_model  # the space of the embeddings it clusters, named in the report
         self._max_gap = int(config.max_turn_gap_s * SAMPLE_RATE)
+        self.naming = naming  # None: speakers are never named
 
     def start(self, message: SessionStart) -> ClusteringSessionState:
-        return ClusteringSessionState(speaker_limit=message.speaker_limit)
+        naming = self.naming.start(message) if self.naming is not None else SpeakerNamingState()
+        return ClusteringSessionState(speaker_limit=message.speaker_limit, naming=naming)
+
+    @staticmethod
+    def centroids(state: ClusteringSessionState) -> dict[int, Centroid]:
+        """Each speaker's centroid, for naming it."""
+        return {i: Centroid(np.asarray(v.centroid_sum), v.steps) for i, v in enumerate(state.speakers)}
 
     def push(self, state: ClusteringSessionState, step: StepEmbedding) -> list[ClusterOutput]:
         """Apply one step; replayed steps are ignored."""
@@ -176,6 +189,9 @@ class ClusteringStage:
                 ingest_ms=step.ingest_ms,
             )
         )
+        if self.naming is not None:
+            self.naming.match(state.naming, self.centroids(state))
+            outputs = self.naming.label(state.naming, outputs)
         return outputs
 
     def finish(self, state: ClusteringSessionState, message: SessionStop) -> list[ClusterOutput]:
@@ -196,17 +212,21 @@ class ClusteringStage:
         for piece in state.pieces:
             if piece.heard is not None and piece.heard.speaker is not None:
                 totals[piece.heard.speaker] += piece.voiced
-        outputs.append(
-            SessionReport(
-                session_id=session_id,
-                duration_ms=samples_to_ms(message.offset),
-                speakers=[ReportedSpeaker(id=i, total_time_ms=samples_to_ms(v)) for i, v in enumerate(totals)],
-                turns=[
-                    ReportedTurn(speaker=t.speaker, start_ms=samples_to_ms(t.start), end_ms=samples_to_ms(t.end))
-                    for t in self._report_turns(state)
-                ],
-            )
+        if self.naming is not None:
+            outputs = self.naming.label(state.naming, outputs)
+        report = SessionReport(
+            session_id=session_id,
+            duration_ms=samples_to_ms(message.offset),
+            speakers=[ReportedSpeaker(id=i, total_time_ms=samples_to_ms(v)) for i, v in enumerate(totals)],
+            turns=[
+                ReportedTurn(speaker=t.speaker, start_ms=samples_to_ms(t.start), end_ms=samples_to_ms(t.end))
+                for t in self._report_turns(state)
+            ],
         )
+        report = with_voices(report, self.centroids(state), self.embedding_model)
+        if self.naming is not None:
+            report = self.naming.label_report(state.naming, report, self.centroids(state))
+        outputs.append(report)
         return outputs
 
     @staticmethod

@@ -10,6 +10,7 @@ to the speech run the step mostly falls in.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import onnxruntime
 
 from pipeline.config import VadConfig
 from pipeline.stages.audio_session import AudioSessionState, true_runs
+from pipeline.stages.base import push_each
 from topics.messages import SAMPLE_RATE, AudioChunk, SessionStart, SessionStop, SpeechStep
 
 # Silero v5+ keeps this many samples of the previous frame as left context.
@@ -102,6 +104,12 @@ class VadStage:
             return []
         self._label(state, np.concatenate([state.unframed, pcm]))
         return self._emit(state, session_id=chunk.session_id, final=False)
+
+    def push_many(
+        self, pushes: Sequence[tuple[VadSessionState, AudioChunk, int]]
+    ) -> list[list[SpeechStep] | Exception]:
+        # Silero runs frame by frame on each session's own RNN state: nothing to batch across sessions.
+        return push_each(self.push, pushes)
 
     def finish(self, state: VadSessionState, message: SessionStop) -> list[SpeechStep | SessionStop]:
         """End of stream: label the partial frame, emit every remaining step, then the stop.

@@ -85,6 +85,7 @@ directory must point into the /tmp emptyDir.
 {{- define "speakerflow.commonEnv" -}}
 - name: SPEAKERFLOW_KAFKA
   value: {{ .Values.kafka.bootstrapServers | quote }}
+{{ include "speakerflow.kafkaSecurityEnv" . }}
 - name: SPEAKERFLOW_PROFILE
   value: {{ .Values.profile | quote }}
 - name: PYANNOTE_METRICS_ENABLED
@@ -116,4 +117,93 @@ securityContext:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{/*
+How every container reaches Kafka (pipeline/settings.py KafkaSecurity). With SASL_SSL the login
+comes from an existing Secret: the user name as a variable, the password as a mounted file
+(SPEAKERFLOW_KAFKA_PASSWORD_FILE), so it never shows in the pod spec and a rotated secret
+reaches the next connection. The CA and an optional client certificate are mounted as files.
+*/}}
+{{- define "speakerflow.kafkaSecurityEnv" -}}
+{{- $k := .Values.kafka -}}
+- name: SPEAKERFLOW_KAFKA_SECURITY_PROTOCOL
+  value: {{ $k.securityProtocol | quote }}
+{{- if eq $k.securityProtocol "SASL_SSL" }}
+- name: SPEAKERFLOW_KAFKA_SASL_MECHANISM
+  value: {{ $k.sasl.mechanism | quote }}
+- name: SPEAKERFLOW_KAFKA_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.sasl.secretName is required with kafka.securityProtocol SASL_SSL" $k.sasl.secretName | quote }}
+      key: {{ $k.sasl.usernameKey | quote }}
+- name: SPEAKERFLOW_KAFKA_PASSWORD_FILE
+  value: /etc/speakerflow/kafka-login/password
+{{- if $k.tls.caSecretName }}
+- name: SPEAKERFLOW_KAFKA_CA_FILE
+  value: /etc/speakerflow/kafka-ca/ca.crt
+{{- end }}
+{{- if $k.tls.clientCertSecretName }}
+- name: SPEAKERFLOW_KAFKA_CERT_FILE
+  value: /etc/speakerflow/kafka-client/tls.crt
+- name: SPEAKERFLOW_KAFKA_KEY_FILE
+  value: /etc/speakerflow/kafka-client/tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The mounts of the files kafkaSecurityEnv names; nothing for PLAINTEXT. */}}
+{{- define "speakerflow.kafkaVolumeMounts" -}}
+{{- $k := .Values.kafka -}}
+{{- if eq $k.securityProtocol "SASL_SSL" }}
+- name: kafka-login
+  mountPath: /etc/speakerflow/kafka-login
+  readOnly: true
+{{- if $k.tls.caSecretName }}
+- name: kafka-ca
+  mountPath: /etc/speakerflow/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if $k.tls.clientCertSecretName }}
+- name: kafka-client
+  mountPath: /etc/speakerflow/kafka-client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "speakerflow.kafkaVolumes" -}}
+{{- $k := .Values.kafka -}}
+{{- if eq $k.securityProtocol "SASL_SSL" }}
+- name: kafka-login
+  secret:
+    secretName: {{ $k.sasl.secretName | quote }}
+    items:
+      - key: {{ $k.sasl.passwordKey | quote }}
+        path: password
+{{- if $k.tls.caSecretName }}
+- name: kafka-ca
+  secret:
+    secretName: {{ $k.tls.caSecretName | quote }}
+    items:
+      - key: {{ $k.tls.caKey | quote }}
+        path: ca.crt
+{{- end }}
+{{- if $k.tls.clientCertSecretName }}
+- name: kafka-client
+  secret:
+    secretName: {{ $k.tls.clientCertSecretName | quote }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* KEDA's name for a SASL mechanism (its kafka scaler's `sasl`). */}}
+{{- define "speakerflow.kedaSasl" -}}
+{{- $names := dict "SCRAM-SHA-512" "scram_sha512" "SCRAM-SHA-256" "scram_sha256" "PLAIN" "plaintext" -}}
+{{- get $names . -}}
 {{- end -}}

@@ -1,0 +1,229 @@
+"""Live session states of a stateful agent: objects in memory, checkpoints in the changelog, replay on takeover.
+
+Writing a session's whole state to the changelog after every record made the changelog
+the largest stream of the dataflow (the segment stage's rolling audio buffer alone was
+about 0.75 MB per session-second) and cost a decode and an encode per record. Here the
+worker that owns a partition keeps each session's state as a live object and writes a
+*checkpoint* only every `CHECKPOINT_RECORDS` of the session's records (or `CHECKPOINT_S`
+of wall time), with the input offset it covers. The input topic is the log in between: a
+worker that takes the partition over restores the checkpoint and replays the session's
+input records from that offset up to the record it was handed, with their outputs
+dropped, because the worker that applied them has already sent them. Stages are
+deterministic, so the restored state is the one the dead worker had.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP, EventT
+
+from pipeline.bus import new_consumer
+from pipeline.settings import Settings
+from pipeline.stages.base import StateVersionError
+from topics import BusMessage, DecodeError, TopicSpec, decode
+
+log = logging.getLogger(__name__)
+
+State = TypeVar("State")
+
+# At real-time pace a segment stage's session applies 5 records a second and a cluster
+# stage's 2: a restore replays at most 20 s (segment) or 50 s (cluster) of a session.
+CHECKPOINT_RECORDS = 100
+# A session that sends slowly is still checkpointed this often, well inside the input topics' retention.
+CHECKPOINT_S = 60.0
+
+# The largest checkpoint a changelog takes. The accurate cluster stage keeps every embedding of the
+# session for its report, about 120 KB a minute: past Kafka's default 1 MiB after 8 minutes, 32 MiB
+# after some four hours.
+CHECKPOINT_MAX_BYTES = 32 * 1024 * 1024
+
+# A checkpoint is MAGIC, the input offset from which a restore replays, then the stage's own state bytes.
+_MAGIC = b"SFC1"
+_HEADER = struct.Struct(">4sq")
+
+
+def encode_checkpoint(replay_from: int, state: bytes) -> bytes:
+    return _HEADER.pack(_MAGIC, replay_from) + state
+
+
+def decode_checkpoint(value: bytes) -> tuple[int, bytes]:
+    if len(value) < _HEADER.size or not value.startswith(_MAGIC):
+        # Written by a release before checkpoints: resuming from it would be silently wrong.
+        raise StateVersionError(f"stored value is not a session checkpoint (starts {value[:8]!r})")
+    _, replay_from = _HEADER.unpack_from(value)
+    return replay_from, value[_HEADER.size :]
+
+
+@dataclass
+class _Live(Generic[State]):
+    state: State
+    partition: int
+    since_checkpoint: int = 0
+    checkpointed_at: float = 0.0
+
+
+def session_states(
+    app: faust.App, name: str, source: TopicSpec, load: Callable[[bytes], State], settings: Settings
+) -> SessionStates[State]:
+    """The sessions of an agent reading `source`, checkpointed to the changelog of table `name`."""
+    table = app.Table(
+        name,
+        # Co-partitioned with the stage's input topic, so a session's checkpoint moves with its partition.
+        partitions=source.partitions,
+        key_type=bytes,  # bytes keys and values: raw serializers, our own encoding
+        value_type=bytes,
+    )
+    states = SessionStates(table, source.name, load, settings)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
+        states.revoked(revoked)
+
+    @app.on_before_shutdown.connect
+    async def close_reader(app: faust.App, **kwargs: object) -> None:
+        await states.close()
+
+    return states
+
+
+class SessionStates(Generic[State]):
+    """One agent's sessions: `get` a session's state, `applied` after each record, `ended` at its stop."""
+
+    def __init__(
+        self,
+        table: faust.Table,
+        source: str,
+        load: Callable[[bytes], State],
+        settings: Settings,
+        checkpoint_records: int = CHECKPOINT_RECORDS,
+        checkpoint_s: float = CHECKPOINT_S,
+    ) -> None:
+        self.table = table
+        self.source = source
+        self.load = load
+        self.settings = settings
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_s = checkpoint_s
+        self._live: dict[bytes, _Live[State]] = {}
+        self._reader: AIOKafkaConsumer | None = None
+
+    def revoked(self, partitions: Iterable[TP]) -> None:
+        """Forget the live states of partitions this worker no longer owns: whoever owns them next may change them."""
+        lost = {tp.partition for tp in partitions if tp.topic == self.source}
+        for key in [k for k, live in self._live.items() if live.partition in lost]:
+            del self._live[key]
+
+    async def get(self, event: EventT, replay: Callable[[State, BusMessage, int], object]) -> State | None:
+        """The session's state before this record: the live one, or else the checkpoint brought up to date.
+
+        `replay(state, message, ingest_ms)` applies one earlier record to a restored state; what it returns is dropped.
+        """
+        live = self._live.get(event.key)
+        if live is not None:
+            return live.state
+        stored = self.table.data.get(event.key)
+        if stored is None:
+            return None
+        replay_from, state_bytes = decode_checkpoint(stored)
+        state = self.load(state_bytes)
+        record = event.message
+        replayed = 0
+        if replay_from < record.offset:
+            records = self._read_back(record.topic, record.partition, event.key, replay_from, record.offset)
+            async for message, ingest_ms in records:
+                replay(state, message, ingest_ms)
+                replayed += 1
+        log.info(
+            "restored session %s from its checkpoint at %s[%s]@%s, replaying %d records up to @%s",
+            event.key.decode(errors="replace"),
+            record.topic,
+            record.partition,
+            replay_from,
+            replayed,
+            record.offset,
+        )
+        # Until its next checkpoint the session still replays from the stored one.
+        self._live[event.key] = _Live(state, record.partition, replayed, time.monotonic())
+        return state
+
+    def started(self, event: EventT, state: State) -> None:
+        """A new session: checkpointed at once, so that any worker can tell it exists."""
+        self._live[event.key] = _Live(state, event.message.partition)
+        self._checkpoint(event, self._live[event.key])
+
+    def applied(self, event: EventT) -> None:
+        """The session's state now includes this record; checkpoint it if one is due."""
+        live = self._live.get(event.key)
+        if live is None:
+            return  # its partition was revoked while the record was handled: the next owner replays it
+        live.since_checkpoint += 1
+        if (
+            live.since_checkpoint >= self.checkpoint_records
+            or time.monotonic() - live.checkpointed_at >= self.checkpoint_s
+        ):
+            self._checkpoint(event, live)
+
+    def ended(self, event: EventT) -> None:
+        self._live.pop(event.key, None)
+        if self.table.data.pop(event.key, None) is not None:
+            self.table.send_changelog(event.message.partition, event.key, None, value_serializer="raw")
+
+    def _checkpoint(self, event: EventT, live: _Live[State]) -> None:
+        value = encode_checkpoint(event.message.offset + 1, live.state.to_bytes())
+        # What `table[key] = value` does, given the partition: faust takes it from the record being
+        # iterated, and records taken in batches (`take_events`) are not.
+        self.table.data[event.key] = value
+        self.table.send_changelog(event.message.partition, event.key, value)
+        live.since_checkpoint, live.checkpointed_at = 0, time.monotonic()
+
+    async def _read_back(self, topic: str, partition: int, key: bytes, start: int, end: int):
+        """The session's decodable records at offsets [start, end) of the partition, with their ingest times."""
+        reader = await self._reader_started()
+        tp = TopicPartition(topic, partition)
+        reader.assign([tp])
+        earliest = (await reader.beginning_offsets([tp]))[tp]
+        if earliest > start:
+            # Retention removed records the checkpoint needs: what is left is replayed, and stream
+            # positions stay true (a stage fills a gap in the audio with silence).
+            log.error("records %s[%s]@%s..%s are gone: replaying from @%s", topic, partition, start, earliest, earliest)
+            start = earliest
+        reader.seek(tp, start)
+        position = start
+        while position < end:
+            batch = await reader.getmany(tp, timeout_ms=5000, max_records=1000)
+            records = batch.get(tp, [])
+            if not records:
+                log.error("no records at %s[%s]@%s while replaying up to @%s", topic, partition, position, end)
+                return
+            for record in records:
+                if record.offset >= end:
+                    return
+                position = record.offset + 1
+                if record.key != key:
+                    continue
+                try:
+                    message = decode(record.key, record.value, record.headers or ())
+                except DecodeError:
+                    continue  # the worker that applied this stretch skipped it too
+                yield message, record.timestamp
+
+    async def _reader_started(self) -> AIOKafkaConsumer:
+        if self._reader is None:
+            self._reader = new_consumer(
+                self.settings.kafka, self.settings.kafka_security, group_id=None, enable_auto_commit=False
+            )
+            await self._reader.start()
+        return self._reader
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
