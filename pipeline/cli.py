@@ -239,7 +239,12 @@ def _capacity(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:  # an unreadable file, a dev set without labelled recordings
         raise SystemExit(f"speakerflow capacity: {exc}") from None
     run = capacity.run_capacity(
-        clips, replace(settings, profile=args.profile or settings.profile), sessions, workers, args.keep_going
+        clips,
+        replace(settings, profile=args.profile or settings.profile),
+        sessions,
+        workers,
+        args.keep_going,
+        args.warmup,
     )
     if args.json is not None:
         args.json.write_text(json.dumps(run.to_json(), indent=2))
@@ -580,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     capacity.add_argument("--workers", help="workers per stage, e.g. segment=2,embed=2,cluster=2 (default one of each)")
     capacity.add_argument("--keep-going", action="store_true", help="run every step, held or not")
+    capacity.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        metavar="N",
+        help="sessions run once before the ramp and not scored, so first-use compilation is not measured (default 2)",
+    )
     capacity.add_argument("--json", type=Path, metavar="FILE", help="write every figure of every step here as JSON")
     capacity.set_defaults(run=_capacity)
 

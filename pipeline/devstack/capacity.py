@@ -715,6 +715,7 @@ def run_capacity(
     sessions: Sequence[int] = DEFAULT_SESSIONS,
     workers: dict[str, int] | None = None,
     keep_going: bool = False,
+    warmup: int = 2,
     bootstrap: str | None = None,
     kafka_pid: int | None = None,
     out: Callable[[str], None] = lambda line: print(line, flush=True),
@@ -729,6 +730,11 @@ def run_capacity(
             idle_cpu, idle_mb = bench.idle()
             run = CapacityRun(profile.name, profile.latency_s, bench.layout, [c.name for c in clips], idle_cpu, [])
             out("idle CPU s per s: " + ", ".join(f"{n} {v:.3f}" for n, v in sorted(idle_cpu.items())))
+            if warmup:
+                # First use compiles and allocates (numba's JIT in librosa, torch's frozen graphs): not what
+                # a running stack costs, and on a first step of many sessions a backlog that never clears.
+                progress(f"warming up with {warmup} session(s), not scored")
+                bench.run_step(warmup, idle_mb)
             out(format_header())
             for index, count in enumerate(sessions, 1):
                 longest = max(c.seconds for c in clips[:count])

@@ -24,6 +24,7 @@ def test_one_step_of_one_session_has_every_figure(broker):
         [Clip("two-speakers", pcm, 2)],
         Settings(),
         sessions=[1],
+        warmup=0,
         bootstrap=broker.bootstrap_servers,
         kafka_pid=broker.pid,
         out=lines.append,
