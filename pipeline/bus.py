@@ -8,6 +8,7 @@ Every client of the project gets its encryption and login from :func:`client_sec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Iterable
@@ -134,6 +135,16 @@ def new_consumer(bootstrap: str, security: KafkaSecurity = PLAINTEXT, **options)
 async def publish(producer: AIOKafkaProducer, spec: TopicSpec, message: BusMessage) -> None:
     key, value, headers = encode(message)
     await producer.send_and_wait(spec.name, value=value, key=key, headers=headers)
+
+
+async def stop_following(task: asyncio.Task[None] | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Ends a reader: its task (cancelled, whatever it raised) and then its consumer; either may be absent."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if consumer is not None:
+        await consumer.stop()
 
 
 async def tail_consumer(

@@ -8,13 +8,12 @@ with the topic's end, so a read right after start sees every record written befo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.bus import PLAINTEXT, new_consumer
+from pipeline.bus import PLAINTEXT, new_consumer, stop_following
 from pipeline.settings import KafkaSecurity
 from topics import TopicSpec
 
@@ -55,13 +54,9 @@ class CompactedView:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        # The consumer is cleared only once the task has ended: the task reads it until then.
+        await stop_following(task, self._consumer)
+        self._consumer = None
 
     def put(self, key: bytes, value: bytes | None) -> None:
         """A record this process wrote, applied at once (read your own writes before the consumer sees it)."""

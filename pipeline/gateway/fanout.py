@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.bus import PLAINTEXT, tail_consumer
+from pipeline.bus import PLAINTEXT, stop_following, tail_consumer
 from pipeline.gateway.protocol import ResultMessage
 from pipeline.gateway.running_sessions import RunningSessions
 from pipeline.settings import KafkaSecurity
@@ -108,13 +108,9 @@ class ResultFanout:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        # The consumer is cleared only once the task has ended: the task reads it until then.
+        await stop_following(task, self._consumer)
+        self._consumer = None
 
     async def __aenter__(self) -> ResultFanout:
         await self.start()
