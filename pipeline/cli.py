@@ -251,6 +251,27 @@ def _capacity(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from pipeline.devstack import capacity, soak
+
+    if args.minutes <= 0 or args.sessions < 1 or args.seconds <= 0 or args.interval <= 0:
+        raise SystemExit("speakerflow soak: --minutes, --sessions, --seconds and --interval take positive numbers")
+    try:
+        clips = capacity.file_clips(args.files, args.seconds) if args.files else capacity.default_clips(args.seconds)
+    except ValueError as exc:  # an unreadable file, a dev set without labelled recordings
+        raise SystemExit(f"speakerflow soak: {exc}") from None
+    run = soak.run_soak(
+        clips, replace(settings, profile=args.profile or settings.profile), args.minutes, args.sessions, args.interval
+    )
+    print(soak.format_table(run))
+    print(soak.format_summary(run))
+    if args.json is not None:
+        args.json.write_text(json.dumps(run.to_json(), indent=2))
+    return 1 if run.problems() else 0
+
+
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.config import load_profile
     from pipeline.evaluation.der import (
@@ -417,6 +438,12 @@ def _job(args: argparse.Namespace, settings: Settings) -> int:
     except GatewayApiError as exc:
         raise SystemExit(f"speakerflow job: {exc}") from None
     return 0
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.gateway.api_keys import keys_command
+
+    return keys_command(args.action, settings, **{k: v for k, v in vars(args).items() if k not in ("run", "action")})
 
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
@@ -595,6 +622,42 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--json", type=Path, metavar="FILE", help="write every figure of every step here as JSON")
     capacity.set_defaults(run=_capacity)
 
+    soak = commands.add_parser(
+        "soak",
+        help="hold live sessions on a fresh stack for minutes; memory per process over time, lag, errors, losses",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(
+            textwrap.fill(paragraph, 100)
+            for paragraph in (
+                "Start a fresh stack (broker, workers, gateway, in a temporary directory) and hold --sessions live "
+                "sessions through its gateway for --minutes: each client streams one recording after another in real "
+                "time (the dev set's, cut to --seconds, or the FILEs given), starting the next when the last one's "
+                "report has come. Every --interval seconds it samples the resident memory of every process and each "
+                "stage's consumer lag and error counters from /metrics.",
+                "At the end it prints memory per process at every sample, each process's growth from the first "
+                "sample after the warm-up (the first round of sessions) to the last, the peak lag, the errors counted "
+                "and what was lost (sessions without a report, error events, updates dropped, update steps without an "
+                "update). It exits 1 when a stack process grew more than 5 %, anything was lost or an error was "
+                "counted; the Kafka broker's memory is shown but not judged. docs/reliability.md has the figures.",
+            )
+        ),
+    )
+    soak.add_argument("files", nargs="*", type=Path, metavar="FILE", help="WAV/FLAC to stream (default: the dev set)")
+    soak.add_argument("--minutes", type=float, required=True, help="how long to hold the sessions")
+    soak.add_argument(
+        "--sessions",
+        type=int,
+        default=4,
+        help="live sessions at once (default %(default)s: half the 8 a stack holds on the accurate profile)",
+    )
+    soak.add_argument("--profile", choices=PROFILES, help="profile the stack runs (default SPEAKERFLOW_PROFILE)")
+    soak.add_argument(
+        "--seconds", type=float, default=60.0, help="audio per session, cut from each file (default %(default)g)"
+    )
+    soak.add_argument("--interval", type=float, default=30.0, help="seconds between samples (default %(default)g)")
+    soak.add_argument("--json", type=Path, metavar="FILE", help="write every sample and session's figures here as JSON")
+    soak.set_defaults(run=_soak)
+
     evaluation = commands.add_parser(
         "eval",
         help="diarization error (DER, JER) of the stages, in-process or as a running stack serves them",
@@ -722,6 +785,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", choices=("json", "csv", "text", "rttm"), help="print the results in this format (implies --wait)"
     )
     job.set_defaults(run=_job)
+
+    keys = commands.add_parser(
+        "keys",
+        help="create, list and revoke the gateway's API keys (SPEAKERFLOW_AUTH_MODE=required; docs/security.md)",
+    )
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_actions.add_parser("create", help="a new key; printed once, only its hash is stored")
+    create.add_argument("--tenant", required=True, help="whose sessions, speakers and jobs the key reaches")
+    create.add_argument("--scopes", required=True, help="comma-separated: ingest,subscribe,speakers,jobs,admin")
+    create.add_argument("--name", help="what the key is for (shown by list)")
+    key_actions.add_parser("list", help="every key not revoked (never a secret)")
+    revoke = key_actions.add_parser("revoke", help="revoke a key; every gateway refuses it within seconds")
+    revoke.add_argument("key_id", metavar="ID", help="the key's id (see list)")
+    keys.set_defaults(run=_keys)
 
     demo = commands.add_parser("demo", help="synthesize a conversation and stream it live through the whole dataflow")
     demo.add_argument("--speakers", type=int, choices=[2, 3], default=2)

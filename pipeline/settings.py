@@ -14,6 +14,8 @@ from pathlib import Path
 # How clients reach Kafka: in the clear (a dev broker, a trusted network) or TLS with a SASL login.
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+# Who may use the gateway: anyone, as tenant "default" with every scope (development), or holders of a credential.
+AUTH_MODES = ("open", "required")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,23 @@ class Settings:
     # Signs the resume tokens of `started`; every gateway of a deployment needs the same one for a session to
     # resume on any of them. None: a random secret per gateway process (resume then works on that gateway only).
     resume_secret: str | None = field(default=None, repr=False)
+    # Authentication and tenants at the gateway (docs/security.md): `open` or `required`.
+    auth_mode: str = "open"
+    # Verifies HS256 JWTs and signs the gateway's own short-lived tokens (POST /v1/tokens); shared by every
+    # gateway of a deployment. None: a random secret per gateway process (its tokens work on it alone).
+    auth_jwt_secret: str | None = field(default=None, repr=False)
+    # A JWKS (JSON) of the public keys RS256/ES256 JWTs are verified against; None: such tokens are refused.
+    auth_jwks_file: Path | None = None
+    # Lifetime of the tokens POST /v1/tokens issues (the ones browsers put in a socket's query string).
+    auth_token_ttl_s: float = 300.0
+    # Per tenant and per gateway instance; 0: unlimited. Concurrent sessions fed through this gateway, open
+    # sockets, and audio seconds accepted per minute (a real-time session sends 60).
+    quota_max_sessions: int = 100
+    quota_max_connections: int = 200
+    quota_audio_seconds_per_minute: float = 12_000.0
+    # A certificate and its key: the gateway serves https and wss itself (else plain; TLS ends at an ingress).
+    gateway_tls_certfile: Path | None = None
+    gateway_tls_keyfile: Path | None = None
     # The stage chain (pipeline.config.PROFILES); every worker of a stack runs the same one. The
     # accurate chain by default; `fast` where the CPU for it is lacking.
     profile: str = "accurate"
@@ -132,6 +151,17 @@ class Settings:
             report_timeout_s=float(get("REPORT_TIMEOUT_S") or defaults.report_timeout_s),
             resume_grace_s=float(get("RESUME_GRACE_S") or defaults.resume_grace_s),
             resume_secret=get("RESUME_SECRET"),
+            auth_mode=_auth_mode(get("AUTH_MODE") or defaults.auth_mode),
+            auth_jwt_secret=get("AUTH_JWT_SECRET"),
+            auth_jwks_file=_path(get("AUTH_JWKS_FILE")),
+            auth_token_ttl_s=float(get("AUTH_TOKEN_TTL_S") or defaults.auth_token_ttl_s),
+            quota_max_sessions=int(get("QUOTA_MAX_SESSIONS") or defaults.quota_max_sessions),
+            quota_max_connections=int(get("QUOTA_MAX_CONNECTIONS") or defaults.quota_max_connections),
+            quota_audio_seconds_per_minute=float(
+                get("QUOTA_AUDIO_SECONDS_PER_MINUTE") or defaults.quota_audio_seconds_per_minute
+            ),
+            gateway_tls_certfile=_path(get("GATEWAY_TLS_CERTFILE")),
+            gateway_tls_keyfile=_path(get("GATEWAY_TLS_KEYFILE")),
             profile=get("PROFILE") or defaults.profile,
             metrics_port=_port_or_off(get("METRICS_PORT")),
             ready_file=Path(get("READY_FILE")) if get("READY_FILE") else None,
@@ -163,6 +193,15 @@ class Settings:
             "REPORT_TIMEOUT_S": repr(self.report_timeout_s),
             "RESUME_GRACE_S": repr(self.resume_grace_s),
             "RESUME_SECRET": self.resume_secret or "",
+            "AUTH_MODE": self.auth_mode,
+            "AUTH_JWT_SECRET": self.auth_jwt_secret or "",
+            "AUTH_JWKS_FILE": _text(self.auth_jwks_file),
+            "AUTH_TOKEN_TTL_S": repr(self.auth_token_ttl_s),
+            "QUOTA_MAX_SESSIONS": str(self.quota_max_sessions),
+            "QUOTA_MAX_CONNECTIONS": str(self.quota_max_connections),
+            "QUOTA_AUDIO_SECONDS_PER_MINUTE": repr(self.quota_audio_seconds_per_minute),
+            "GATEWAY_TLS_CERTFILE": _text(self.gateway_tls_certfile),
+            "GATEWAY_TLS_KEYFILE": _text(self.gateway_tls_keyfile),
             "PROFILE": self.profile,
             "METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port or "off"),
             "READY_FILE": "" if self.ready_file is None else str(self.ready_file),
@@ -175,6 +214,12 @@ class Settings:
             "CACHE": str(self.cache_dir),
         }
         return {f"SPEAKERFLOW_{name}": value for name, value in values.items()}
+
+
+def _auth_mode(value: str) -> str:
+    if value.lower() not in AUTH_MODES:
+        raise ValueError(f"SPEAKERFLOW_AUTH_MODE={value!r}: expected one of {', '.join(AUTH_MODES)}")
+    return value.lower()
 
 
 def _port_or_off(value: str | None) -> int | None:

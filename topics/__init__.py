@@ -27,6 +27,7 @@ from topics.messages import (
 )
 from topics.registry import (
     ALL_TOPICS,
+    API_KEYS,
     AUDIO,
     DEAD_LETTER_HEADERS,
     DEAD_LETTERS,
@@ -44,6 +45,7 @@ from topics.speaker_profiles import DEFAULT_TENANT, ProfileEmbedding, ProfileKey
 
 __all__ = [
     "ALL_TOPICS",
+    "API_KEYS",
     "AUDIO",
     "DEAD_LETTERS",
     "DEAD_LETTER_HEADERS",

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from topics.api_keys import ApiKeyRecord
 from topics.jobs import BatchJob
 from topics.messages import (
     FIELD_HEADER_PREFIX,
@@ -26,10 +27,10 @@ from topics.speaker_profiles import SpeakerProfile
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 # Records keyed by something other than a session (`topics.speaker_profiles`), with their own codec.
-RECORD_TYPES = {SpeakerProfile.TYPE: SpeakerProfile, BatchJob.TYPE: BatchJob}
+RECORD_TYPES = {SpeakerProfile.TYPE: SpeakerProfile, BatchJob.TYPE: BatchJob, ApiKeyRecord.TYPE: ApiKeyRecord}
 
 
-def message_schema(cls: type[_Message] | type[SpeakerProfile] | type[BatchJob]) -> dict:
+def message_schema(cls: type[_Message] | type[SpeakerProfile] | type[BatchJob] | type[ApiKeyRecord]) -> dict:
     schema = cls.model_json_schema()
     schema["$id"] = f"speakerflow/{cls.TYPE}/v{SCHEMA_VERSION}"
     if issubclass(cls, _AudioMessage):

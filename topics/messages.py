@@ -37,6 +37,9 @@ SCHEMA_HEADER = "sf-schema"
 FIELD_HEADER_PREFIX = "sf-"
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+# Whose a session, a speaker profile or a job is. Without authentication at the gateway, everything is this one's.
+DEFAULT_TENANT = "default"
+Tenant = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 Samples = Annotated[int, Field(ge=0, description="position in samples at 16 kHz since the session's first sample")]
 
 
@@ -105,6 +108,10 @@ class SessionStart(_JsonMessage):
     identify: bool | None = Field(
         default=None,
         description="name speakers who match an enrolled profile; null: on when the tenant has profiles",
+    )
+    tenant: Tenant = Field(
+        default=DEFAULT_TENANT,
+        description="whose session it is: its speakers are named after this tenant's profiles only",
     )
 
     @model_validator(mode="after")

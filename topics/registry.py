@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from topics.api_keys import ApiKeyRecord
 from topics.jobs import BatchJob
 from topics.messages import (
     AudioChunk,
@@ -37,7 +38,7 @@ DEFAULT_PARTITIONS = 8
 class TopicSpec:
     name: str
     description: str
-    messages: tuple[type[_Message] | type[SpeakerProfile] | type[BatchJob], ...]
+    messages: tuple[type[_Message] | type[SpeakerProfile] | type[BatchJob] | type[ApiKeyRecord], ...]
     retention_ms: int | None  # None keeps records until compaction replaces them
     cleanup_policy: str = "delete"
     partitions: int = DEFAULT_PARTITIONS
@@ -136,6 +137,21 @@ JOBS = TopicSpec(
     key="<tenant>/<job id>, UTF-8",
 )
 
+# The gateway's API keys: the hash of each key's secret with its tenant and scopes, never the secret.
+# Every gateway reads it whole and follows it, so a revocation (a tombstone) reaches all of them within seconds.
+API_KEYS = TopicSpec(
+    name="speakerflow.api-keys",
+    description=(
+        "The gateway's API keys: one api.key per key (tenant, scopes, name, SHA-256 of its secret); "
+        "a tombstone revokes it. Compacted."
+    ),
+    messages=(ApiKeyRecord,),
+    retention_ms=None,
+    cleanup_policy="compact",
+    partitions=1,
+    key="key id, UTF-8",
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     AUDIO,
     SPEECH_STEPS,
@@ -146,6 +162,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     DEAD_LETTERS,
     SPEAKER_PROFILES,
     JOBS,
+    API_KEYS,
 )
 
 # The headers a dead letter adds to the failed record's own. Not sf-*: those are the record's fields.

@@ -19,12 +19,8 @@ from typing import Annotated, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from topics.messages import SCHEMA_HEADER, SCHEMA_VERSION, TYPE_HEADER, DecodeError, Headers
+from topics.messages import DEFAULT_TENANT, SCHEMA_HEADER, SCHEMA_VERSION, TYPE_HEADER, DecodeError, Headers, Tenant
 
-# Until the gateway authenticates tenants, every profile belongs to this one.
-DEFAULT_TENANT = "default"
-
-Tenant = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 ProfileId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 

@@ -12,7 +12,13 @@ Endpoints:
 - ``GET /metrics``: this process's Prometheus metrics (:mod:`pipeline.metrics`).
 - ``GET /v1/sessions``, ``GET /v1/sessions/{session_id}/report``: running sessions and
   reports in export formats (:mod:`pipeline.gateway.sessions_api`).
+- ``GET /v1/auth/mode``, ``GET /v1/auth``, ``POST /v1/tokens``: credentials (:mod:`pipeline.gateway.access`).
 - ``GET /``: the web console (:mod:`pipeline.gateway.console`).
+
+With SPEAKERFLOW_AUTH_MODE=required every endpoint but ``/health``, ``/metrics``, ``/v1/auth/mode``,
+the console's static page and the OpenAPI docs needs a credential
+(:mod:`pipeline.gateway.credentials`), and everything a caller reaches is its tenant's
+(:mod:`pipeline.gateway.tenants`), within its tenant's quotas (:mod:`pipeline.gateway.tenant_quotas`).
 
 Audio only ever passes through memory on its way to the audio topic; nothing is
 written to disk.
@@ -24,10 +30,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
@@ -40,12 +48,17 @@ from starlette.websockets import WebSocketDisconnected
 
 from pipeline.bus import ensure_topics, new_producer, publish
 from pipeline.gateway import console, sessions_api
+from pipeline.gateway.access import auth_router
+from pipeline.gateway.api_keys import ApiKeyStore
 from pipeline.gateway.audio_input import MAX_SAMPLE_RATE, AudioFormat, Encoding
+from pipeline.gateway.credentials import Authenticator, CredentialRefused, Principal, credential_from_headers
 from pipeline.gateway.fanout import ResultFanout, Subscription
 from pipeline.gateway.jobs_api import jobs_router
 from pipeline.gateway.protocol import (
     EVENTS_PATH,
     SESSION_PATH,
+    AuthAction,
+    AuthenticatedEvent,
     ErrorCode,
     GatewaySession,
     ProtocolError,
@@ -60,10 +73,12 @@ from pipeline.gateway.protocol import (
 )
 from pipeline.gateway.resume import read_position, resume_token, verify_resume_token
 from pipeline.gateway.speakers_api import speakers_router
+from pipeline.gateway.tenant_quotas import TenantQuotas
+from pipeline.gateway.tenants import session_tenant
 from pipeline.metrics import ACTIVE_SESSIONS, ERRORS, GATEWAY_CONNECTIONS, GATEWAY_SESSIONS
 from pipeline.settings import Settings
 from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate
-from topics.messages import SAMPLE_RATE, SessionId
+from topics.messages import DEFAULT_TENANT, SAMPLE_RATE, SessionId
 
 __all__ = ["Gateway", "create_app", "serve", "server_config"]
 
@@ -77,6 +92,33 @@ _CLOSE_TRY_AGAIN = 1013
 _SOCKET_GONE = (WebSocketDisconnect, WebSocketDisconnected)
 # The format whose frames may be largest.
 _LARGEST_FORMAT = AudioFormat(MAX_SAMPLE_RATE, Encoding.PCM_F32LE)
+# How long a socket that sent no credential in its handshake has to send an auth message, and how many
+# such sockets may wait at once: they belong to no tenant yet, so no tenant's quota bounds them.
+AUTH_MESSAGE_TIMEOUT_S = 10.0
+MAX_AWAITING_AUTH = 256
+
+
+class RedactAccessTokens(logging.Filter):
+    """Blanks ``access_token=`` values in uvicorn's log lines, which print each socket's path with its query."""
+
+    _TOKEN = re.compile(r"(access_token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                self._TOKEN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
+            )
+        if isinstance(record.msg, str) and "access_token=" in record.msg:
+            record.msg = self._TOKEN.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def _redact_uvicorn_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactAccessTokens) for f in logger.filters):
+            logger.addFilter(RedactAccessTokens())
 
 
 def _new_gateway_id() -> str:
@@ -86,8 +128,19 @@ def _new_gateway_id() -> str:
 class Gateway:
     """What the connections of one running gateway instance share."""
 
-    def __init__(self, settings: Settings, gateway_id: str, producer: AIOKafkaProducer, fanout: ResultFanout) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        gateway_id: str,
+        producer: AIOKafkaProducer,
+        fanout: ResultFanout,
+        auth: Authenticator | None = None,
+    ) -> None:
         self.settings = settings
+        self.auth = auth if auth is not None else Authenticator("open", None, settings.auth_jwt_secret)
+        self.quotas = TenantQuotas(
+            settings.quota_max_sessions, settings.quota_max_connections, settings.quota_audio_seconds_per_minute
+        )
         self.id = gateway_id
         self.producer = producer
         self.fanout = fanout
@@ -100,6 +153,19 @@ class Gateway:
         self.feeders: dict[str, _SessionSocket] = {}
         self.held: dict[str, tuple[GatewaySession, asyncio.Task[None]]] = {}
         self.resume_secret = settings.resume_secret or secrets.token_urlsafe(32)
+        self.awaiting_auth = 0  # sockets accepted without a credential, waiting for their auth message
+
+    def session_owner(self, session_id: str) -> str:
+        return DEFAULT_TENANT if self.auth.open else session_tenant(session_id)
+
+    def claim_session(self, session_id: str) -> None:
+        """Count a session this instance feeds; ProtocolError (too_many_sessions) over its tenant's quota."""
+        self.quotas.start_session(self.session_owner(session_id), session_id)
+        self.sessions.add(session_id)
+
+    def release_session(self, session_id: str) -> None:
+        self.sessions.discard(session_id)
+        self.quotas.end_session(self.session_owner(session_id), session_id)
 
     async def publish(self, record: SessionStart | AudioChunk | SessionStop) -> None:
         try:
@@ -152,7 +218,7 @@ class Gateway:
             except ProtocolError:
                 log.error("session %s not resumed and its stop could not be published", session_id)
         finally:
-            self.sessions.discard(session_id)
+            self.release_session(session_id)
 
     def health(self) -> dict[str, object]:
         fanout_running = self.fanout.running
@@ -173,9 +239,11 @@ class _SessionSocket:
     so the client is heard (and a disconnect noticed) while its report is pending.
     """
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket) -> None:
+    def __init__(self, gateway: Gateway, websocket: WebSocket, caller: _SocketCaller) -> None:
         self.gateway = gateway
         self.ws = websocket
+        self.caller = caller
+        self.principal = caller.principal
         self.state = GatewaySession(gateway.id, gateway.settings.max_frame_bytes)
         # The pump, the deadline and the receive loop all send; frames must not interleave.
         self._send_lock = asyncio.Lock()
@@ -189,8 +257,11 @@ class _SessionSocket:
         self._closing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        await self.ws.accept()
+        if not self.caller.accepted:
+            await self.ws.accept()
         try:
+            if self.caller.by_message:
+                await self._send(_authenticated(self.principal))
             while True:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
@@ -217,12 +288,16 @@ class _SessionSocket:
             await self._stop()
         elif isinstance(action, ResumeAction):
             await self._resume(action)
+        elif isinstance(action, AuthAction):
+            if not self.principal.open:
+                raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "this socket is authenticated already")
+            await self._send(_authenticated(self.principal))
 
     async def _start(self, action: StartAction) -> None:
-        start = self.state.start(action)
+        start = self.state.start(action, None if self.principal.open else self.principal.tenant)
         if start.session_id in self.gateway.sessions:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {start.session_id} is being fed by another socket")
-        self.gateway.sessions.add(start.session_id)
+        self.gateway.claim_session(start.session_id)
         self.gateway.feeders[start.session_id] = self
         # Subscribe before the start reaches the workers, so no result of the session can precede us.
         subscription = self.gateway.fanout.subscribe(start.session_id)
@@ -230,7 +305,7 @@ class _SessionSocket:
             await self.gateway.publish(start)
         except BaseException:
             self.gateway.fanout.unsubscribe(subscription)
-            self.gateway.sessions.discard(start.session_id)
+            self.gateway.release_session(start.session_id)
             self.gateway.feeders.pop(start.session_id, None)
             raise
         audio_format = action.audio_format()
@@ -251,6 +326,8 @@ class _SessionSocket:
     async def _resume(self, action: ResumeAction) -> None:
         """Continue a session whose connection was lost: held here, fed by a stale socket here, or read off the bus."""
         gateway, session_id = self.gateway, action.session_id
+        if not self.principal.owns_session(session_id):
+            raise ProtocolError(ErrorCode.WRONG_TENANT, f"session {session_id} belongs to another tenant")
         audio_format = verify_resume_token(gateway.resume_secret, session_id, action.token)
         if self.state.active:
             raise ProtocolError(ErrorCode.ALREADY_STARTED, f"session {self.state.session_id} runs on this connection")
@@ -264,7 +341,7 @@ class _SessionSocket:
         if state is None:
             state = await self._adopt_from_bus(session_id, audio_format)
         self.state = state
-        gateway.sessions.add(session_id)
+        gateway.claim_session(session_id)
         gateway.feeders[session_id] = self
         self._subscription = gateway.fanout.subscribe(session_id)
         # Not an outcome: the session ends later, reported or abandoned, and is counted then.
@@ -276,9 +353,19 @@ class _SessionSocket:
 
     async def _adopt_from_bus(self, session_id: str, audio_format: AudioFormat) -> GatewaySession:
         """A session another gateway fed (one that died, or whose client went elsewhere), continued from the bus."""
-        settings = self.gateway.settings
         if session_id in self.gateway.sessions:
             raise ProtocolError(ErrorCode.SESSION_IN_USE, f"session {session_id} is being fed by another socket")
+        owner = self.gateway.session_owner(session_id)
+        # Counted before the bus is read, so two resumes at once cannot both pass the quota.
+        self.gateway.quotas.start_session(owner, session_id)
+        try:
+            return await self._read_back(session_id, audio_format)
+        except BaseException:
+            self.gateway.quotas.end_session(owner, session_id)
+            raise
+
+    async def _read_back(self, session_id: str, audio_format: AudioFormat) -> GatewaySession:
+        settings = self.gateway.settings
         try:
             # Twice the grace period: a session left longer ago than that is not resumed, but still stopped.
             position = await read_position(
@@ -325,6 +412,10 @@ class _SessionSocket:
     async def _on_audio(self, frame: bytes) -> None:
         if not frame:
             return  # a keep-alive at most; a record without samples would tell the workers nothing
+        if self.state.active and not self.state.stopped:
+            audio_format = self.state.converter.format
+            seconds = len(frame) / (audio_format.encoding.bytes_per_sample * audio_format.sample_rate)
+            self.gateway.quotas.take_audio(self.gateway.session_owner(self.state.session_id or ""), seconds)
         async with self._publishing:
             chunk = self.state.audio(frame)
             if chunk is not None:
@@ -399,7 +490,7 @@ class _SessionSocket:
             self._subscription = None
         self._report = None
         if self.state.session_id is not None:
-            self.gateway.sessions.discard(self.state.session_id)
+            self.gateway.release_session(self.state.session_id)
             if self.gateway.feeders.get(self.state.session_id) is self:
                 del self.gateway.feeders[self.state.session_id]
         self.state.end()
@@ -437,14 +528,91 @@ class _SessionSocket:
             await self.ws.send_text(event.to_json())
 
 
-async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: str) -> None:
+@dataclass(frozen=True)
+class _SocketCaller:
+    """Who a socket is, and whether the handshake is done already (a credential sent as the first message)."""
+
+    principal: Principal
+    accepted: bool
+    by_message: bool
+
+
+def _authenticated(principal: Principal) -> AuthenticatedEvent:
+    return AuthenticatedEvent(tenant=principal.tenant, scopes=principal.granted)
+
+
+async def _refuse_socket(websocket: WebSocket, error: ProtocolError, accepted: bool) -> None:
+    """An error event, then close 1008: the client learns why before the socket closes."""
+    ERRORS.labels("gateway", error.code.value).inc()
+    with contextlib.suppress(*_SOCKET_GONE, RuntimeError):
+        if not accepted:
+            await websocket.accept()
+        await websocket.send_text(error.event().to_json())
+        await websocket.close(_CLOSE_POLICY, error.code.value)
+
+
+async def _first_message_credential(websocket: WebSocket) -> str:
+    try:
+        message = await asyncio.wait_for(websocket.receive(), AUTH_MESSAGE_TIMEOUT_S)
+    except TimeoutError:
+        raise ProtocolError(
+            ErrorCode.UNAUTHENTICATED, f"no credential within {AUTH_MESSAGE_TIMEOUT_S:g}s of connecting"
+        ) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    action = parse_action(text) if text is not None else None
+    if not isinstance(action, AuthAction):
+        raise ProtocolError(
+            ErrorCode.UNAUTHENTICATED,
+            'authenticate first: {"action": "auth", "token": ...}, an Authorization header or ?access_token=',
+        )
+    return action.token
+
+
+async def _authenticate_socket(gateway: Gateway, websocket: WebSocket, scope: str) -> _SocketCaller | None:
+    """The socket's caller if it holds `scope`; None once a refusal was sent and the socket closed (1008)."""
+    auth = gateway.auth
+    credential = credential_from_headers(websocket.headers)
+    from_query = False
+    if credential is None and websocket.query_params.get("access_token"):
+        credential, from_query = websocket.query_params["access_token"], True
+    accepted = by_message = False
+    try:
+        if credential is None and not auth.open:
+            await websocket.accept()
+            accepted = by_message = True
+            if gateway.awaiting_auth >= MAX_AWAITING_AUTH:
+                raise ProtocolError(ErrorCode.UNAUTHENTICATED, "too many sockets await authentication; send a header")
+            gateway.awaiting_auth += 1
+            try:
+                credential = await _first_message_credential(websocket)
+            finally:
+                gateway.awaiting_auth -= 1
+        principal = auth.authenticate(credential, from_query)
+        principal.require(scope)
+    except CredentialRefused as exc:
+        log.info("socket refused: %s", exc)
+        await _refuse_socket(websocket, ProtocolError(ErrorCode(exc.code), exc.message), accepted)
+        return None
+    except ProtocolError as exc:
+        await _refuse_socket(websocket, exc, accepted)
+        return None
+    except _SOCKET_GONE:
+        return None
+    return _SocketCaller(principal, accepted, by_message)
+
+
+async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: str, caller: _SocketCaller) -> None:
     try:
         _SESSION_ID.validate_python(session_id)
     except ValidationError:
-        await websocket.accept()
         error = ProtocolError(ErrorCode.INVALID_SESSION_ID, f"{session_id!r} is not a valid session id")
-        await websocket.send_text(error.event().to_json())
-        await websocket.close(_CLOSE_POLICY)
+        await _refuse_socket(websocket, error, caller.accepted)
+        return
+    if not caller.principal.owns_session(session_id):
+        error = ProtocolError(ErrorCode.WRONG_TENANT, f"session {session_id} belongs to another tenant")
+        await _refuse_socket(websocket, error, caller.accepted)
         return
 
     async def forward(subscription: Subscription) -> None:
@@ -459,7 +627,10 @@ async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: 
     # Subscribed before the handshake completes: every result read after the client sees
     # the socket open reaches it.
     with gateway.fanout.subscription(session_id) as subscription:
-        await websocket.accept()
+        if not caller.accepted:
+            await websocket.accept()
+        if caller.by_message:
+            await websocket.send_text(_authenticated(caller.principal).to_json())
         log.info("subscriber watching session %s", session_id)
         tasks = {asyncio.create_task(forward(subscription)), asyncio.create_task(until_disconnect())}
         try:
@@ -479,33 +650,52 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_topics(settings.kafka, security=settings.kafka_security)
+        # Only a gateway that asks for credentials reads the keys (the whole topic, before serving).
+        keys = ApiKeyStore(settings.kafka, settings.kafka_security) if settings.auth_mode == "required" else None
+        auth = Authenticator(
+            settings.auth_mode, keys, settings.auth_jwt_secret, settings.auth_jwks_file, settings.auth_token_ttl_s
+        )
+        if keys is not None:
+            await keys.start()
         producer = new_producer(settings.kafka, settings.kafka_security)
-        await producer.start()
         fanout = ResultFanout(settings.kafka, security=settings.kafka_security)
         try:
-            # Before accepting any session: the fan-out's position at the end of the result
-            # topics is what guarantees no session's results are missed.
-            await fanout.start()
+            await producer.start()
+            try:
+                # Before accepting any session: the fan-out's position at the end of the result
+                # topics is what guarantees no session's results are missed.
+                await fanout.start()
+            except BaseException:
+                await producer.stop()
+                raise
         except BaseException:
-            await producer.stop()
+            if keys is not None:
+                await keys.stop()
             raise
-        gateway = Gateway(settings, _new_gateway_id(), producer, fanout)
+        gateway = Gateway(settings, _new_gateway_id(), producer, fanout, auth)
         app.state.gateway = gateway
+        app.state.auth = auth
         log.info("gateway %s serving on bus %s", gateway.id, settings.kafka)
         try:
             yield
         finally:
             app.state.gateway = None
+            app.state.auth = None
             gateway.producer_running = False
             # Held sessions are left open on the bus: their clients may resume them on another gateway.
             for _, expiry in gateway.held.values():
                 expiry.cancel()
             await fanout.stop()
             await producer.stop()
+            if keys is not None:
+                await keys.stop()
             log.info("gateway %s stopped", gateway.id)
 
+    _redact_uvicorn_logs()  # browsers' tokens travel in the query string, which uvicorn logs
     app = FastAPI(title="speakerflow gateway", lifespan=lifespan)
     app.state.gateway = None
+    app.state.auth = None
+    app.include_router(auth_router)
     app.include_router(speakers_router(settings))
     app.include_router(jobs_router(settings))
     # Read at scrape time; the last gateway app created in a process is the one reported.
@@ -531,8 +721,9 @@ def create_app(settings: Settings) -> FastAPI:
         if gateway is None:
             await websocket.close(_CLOSE_TRY_AGAIN)
             return
-        with GATEWAY_CONNECTIONS.track_inprogress():
-            await _SessionSocket(gateway, websocket).run()
+        caller = await _authenticate_socket(gateway, websocket, "ingest")
+        if caller is not None:
+            await _serve_counted(gateway, websocket, caller, _SessionSocket(gateway, websocket, caller).run)
 
     @app.websocket(EVENTS_PATH)
     async def subscriber_socket(websocket: WebSocket, session_id: str) -> None:
@@ -540,14 +731,32 @@ def create_app(settings: Settings) -> FastAPI:
         if gateway is None:
             await websocket.close(_CLOSE_TRY_AGAIN)
             return
-        with GATEWAY_CONNECTIONS.track_inprogress():
-            await _serve_subscriber(gateway, websocket, session_id)
+        caller = await _authenticate_socket(gateway, websocket, "subscribe")
+        if caller is not None:
+            await _serve_counted(
+                gateway, websocket, caller, lambda: _serve_subscriber(gateway, websocket, session_id, caller)
+            )
 
     app.include_router(sessions_api.router)
     # The web console (docs/console.md): its page at / and its scripts and styles under /console.
     app.include_router(console.router)
     app.mount(console.ASSETS_PATH, console.assets, name="console")
     return app
+
+
+async def _serve_counted(gateway: Gateway, websocket: WebSocket, caller: _SocketCaller, serve_socket) -> None:
+    """Serve an authenticated socket within its tenant's connection quota."""
+    tenant = caller.principal.tenant
+    try:
+        gateway.quotas.connect(tenant)
+    except ProtocolError as exc:
+        await _refuse_socket(websocket, exc, caller.accepted)
+        return
+    try:
+        with GATEWAY_CONNECTIONS.track_inprogress():
+            await serve_socket()
+    finally:
+        gateway.quotas.disconnect(tenant)
 
 
 def server_config(settings: Settings, app: FastAPI | None = None, **overrides: object) -> uvicorn.Config:
@@ -562,6 +771,11 @@ def server_config(settings: Settings, app: FastAPI | None = None, **overrides: o
         "ws_max_size": max(4 * _LARGEST_FORMAT.frame_limit(settings.max_frame_bytes), 1 << 20),
         "log_level": "info",
     }
+    if settings.gateway_tls_certfile is not None or settings.gateway_tls_keyfile is not None:
+        if settings.gateway_tls_certfile is None or settings.gateway_tls_keyfile is None:
+            raise ValueError("SPEAKERFLOW_GATEWAY_TLS_CERTFILE and SPEAKERFLOW_GATEWAY_TLS_KEYFILE go together")
+        options["ssl_certfile"] = str(settings.gateway_tls_certfile)
+        options["ssl_keyfile"] = str(settings.gateway_tls_keyfile)
     options.update(overrides)
     return uvicorn.Config(app if app is not None else create_app(settings), **options)  # type: ignore[arg-type]
 

@@ -16,6 +16,10 @@ and nowhere else. Once every clip is reported, the linking step (`pipeline.stage
 links the reports' speakers. The job's state is the compacted ``speakerflow.jobs``, which every
 gateway reads whole at start; the reports stay on the session-reports topic. A job whose gateway
 stops while its clips run stays ``running``: it is not resumed.
+
+Every endpoint needs the ``jobs`` scope; a job is its submitter's tenant's (its key
+``<tenant>/<job id>``, its clips' sessions in the tenant's namespace, named after the tenant's
+profiles), and another tenant's job is not found (404).
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import load_profile
 from pipeline.export import ReportNotFound, fetch_report
+from pipeline.gateway.access import authorize
 from pipeline.gateway.compacted_view import CompactedView
+from pipeline.gateway.credentials import Principal
 from pipeline.gateway.protocol import ProtocolError
+from pipeline.gateway.tenants import qualified_session_id
 from pipeline.gateway.uploads import decode_clip, read_upload, refuse
 from pipeline.producers.chunking import session_records
 from pipeline.rttm import RttmTurn, format_rttm
@@ -48,7 +55,6 @@ from pipeline.stages.speaker_linking import LinkedVoice, SpeakerLinker
 from topics import JOBS, SessionReport, SessionStart, SpeakerUpdate
 from topics.jobs import BatchJob, JobClip, JobVoice, decode_job, encode_job, encode_job_tombstone
 from topics.messages import SAMPLE_RATE, DecodeError
-from topics.speaker_profiles import DEFAULT_TENANT
 
 __all__ = ["EXPORT_FORMATS", "jobs_router"]
 
@@ -214,12 +220,15 @@ class JobRunner:
         self.running: dict[str, BatchJob] = {}
         self.watchers: dict[bytes, set[asyncio.Queue[BatchJob | None]]] = {}
 
-    def get(self, job_id: str) -> BatchJob | None:
-        if job_id in self.running:
-            return self.running[job_id]
-        value = self.view.records.get(f"{DEFAULT_TENANT}/{job_id}".encode())
+    def get(self, tenant: str, job_id: str) -> BatchJob | None:
+        """The tenant's job; another tenant's is None, as one that does not exist."""
+        running = self.running.get(job_id)
+        if running is not None:
+            return running if running.tenant == tenant else None
+        key = f"{tenant}/{job_id}".encode()
+        value = self.view.records.get(key)
         try:
-            return decode_job(f"{DEFAULT_TENANT}/{job_id}".encode(), value) if value is not None else None
+            return decode_job(key, value) if value is not None else None
         except DecodeError:
             return None
 
@@ -231,15 +240,21 @@ class JobRunner:
                 await task
         await self.view.stop()
 
-    async def submit(self, clips: list[tuple[str, np.ndarray]]) -> BatchJob:
+    async def submit(self, principal: Principal, clips: list[tuple[str, np.ndarray]]) -> BatchJob:
         job_id = uuid.uuid4().hex
         now = _now_ms()
+
+        def session_id(index: int) -> str:
+            plain = f"job-{job_id}-{index}"
+            return plain if principal.open else qualified_session_id(principal.tenant, plain)
+
         job = BatchJob(
+            tenant=principal.tenant,
             job_id=job_id,
             created_ms=now,
             updated_ms=now,
             clips=[
-                JobClip(name=name, session_id=f"job-{job_id}-{i}", duration_ms=len(pcm) * 1000 // SAMPLE_RATE)
+                JobClip(name=name, session_id=session_id(i), duration_ms=len(pcm) * 1000 // SAMPLE_RATE)
                 for i, (name, pcm) in enumerate(clips)
             ],
         )
@@ -270,13 +285,13 @@ class JobRunner:
                 )
         return results_of(job, reports)
 
-    async def events(self, job_id: str) -> AsyncIterator[BatchJob]:
+    async def events(self, tenant: str, job_id: str) -> AsyncIterator[BatchJob]:
         """The job now, then at each change, until it ends (or is deleted)."""
-        key = f"{DEFAULT_TENANT}/{job_id}".encode()
+        key = f"{tenant}/{job_id}".encode()
         queue: asyncio.Queue[BatchJob | None] = asyncio.Queue()
         self.watchers.setdefault(key, set()).add(queue)
         try:
-            job = self.get(job_id)
+            job = self.get(tenant, job_id)
             while job is not None:
                 yield job
                 if job.status != "running":
@@ -335,7 +350,7 @@ class JobRunner:
 
     async def _session(self, job: BatchJob, index: int, pcm: np.ndarray, changed) -> None:
         clip = job.clips[index]
-        start = SessionStart(session_id=clip.session_id, producer=self.gateway.id)
+        start = SessionStart(session_id=clip.session_id, producer=self.gateway.id, tenant=job.tenant)
         subscription = self.gateway.fanout.subscribe(clip.session_id)
         try:
             clip.status = "running"
@@ -379,8 +394,8 @@ def _runner(request: Request) -> JobRunner:
     return runner
 
 
-def _existing(runner: JobRunner, job_id: str) -> BatchJob:
-    job = runner.get(job_id)
+def _existing(runner: JobRunner, tenant: str, job_id: str) -> BatchJob:
+    job = runner.get(tenant, job_id)
     if job is None:
         raise refuse(404, "unknown_job", f"no job {job_id!r}")
     return job
@@ -431,25 +446,28 @@ def jobs_router(settings: Settings) -> APIRouter:
     @router.post("", status_code=202, response_model=JobOut, openapi_extra=_CLIPS_SCHEMA)
     async def submit(request: Request) -> JobOut:
         """Diarize several recordings as one job, their speakers linked across them (multipart: clips)."""
+        principal = authorize(request, "jobs")
         runner = _runner(request)
         upload = await read_upload(request, settings.job_max_clips, settings.job_max_clip_bytes)
         clips = [(name, await asyncio.to_thread(decode_clip, data, name)) for name, data in upload.clips]
-        job = await runner.submit(clips)
+        job = await runner.submit(principal, clips)
         log.info("job %s submitted: %d clips", job.job_id, len(job.clips))
         return JobOut.of(job)
 
     @router.get("/{job_id}", response_model=JobOut)
     async def status(job_id: str, request: Request) -> JobOut:
-        return JobOut.of(_existing(_runner(request), job_id))
+        tenant = authorize(request, "jobs").tenant
+        return JobOut.of(_existing(_runner(request), tenant, job_id))
 
     @router.get("/{job_id}/events", response_class=StreamingResponse)
     async def events(job_id: str, request: Request) -> StreamingResponse:
         """Server-sent events: the job's status and progress (as GET /v1/jobs/{id}) at each change, until it ends."""
+        tenant = authorize(request, "jobs").tenant
         runner = _runner(request)
-        _existing(runner, job_id)
+        _existing(runner, tenant, job_id)
 
         async def stream() -> AsyncIterator[bytes]:
-            async for job in runner.events(job_id):
+            async for job in runner.events(tenant, job_id):
                 yield f"event: job\ndata: {json.dumps(JobOut.of(job).model_dump(mode='json'))}\n\n".encode()
 
         return StreamingResponse(stream(), media_type="text/event-stream")
@@ -457,8 +475,9 @@ def jobs_router(settings: Settings) -> APIRouter:
     @router.get("/{job_id}/results", response_model=JobResults)
     async def results(job_id: str, request: Request) -> JobResults:
         """Every clip's speakers and turns under job-wide labels (409 while the job runs)."""
+        tenant = authorize(request, "jobs").tenant
         runner = _runner(request)
-        job = _finished(_existing(runner, job_id))
+        job = _finished(_existing(runner, tenant, job_id))
         try:
             return await runner.results(job)
         except ReportNotFound as exc:
@@ -469,8 +488,9 @@ def jobs_router(settings: Settings) -> APIRouter:
         """The results as json, csv, text or rttm (every clip, job-wide labels)."""
         if format not in EXPORT_FORMATS:
             raise refuse(422, "unknown_format", f"format must be one of {', '.join(EXPORT_FORMATS)}")
+        tenant = authorize(request, "jobs").tenant
         runner = _runner(request)
-        job = _finished(_existing(runner, job_id))
+        job = _finished(_existing(runner, tenant, job_id))
         try:
             text = export(await runner.results(job), format)
         except ReportNotFound as exc:
@@ -481,8 +501,9 @@ def jobs_router(settings: Settings) -> APIRouter:
     @router.delete("/{job_id}", status_code=204)
     async def delete(job_id: str, request: Request) -> Response:
         """Delete a job (a running one is stopped); its sessions' reports stay on the report topic."""
+        tenant = authorize(request, "jobs").tenant
         runner = _runner(request)
-        await runner.delete(_existing(runner, job_id))
+        await runner.delete(_existing(runner, tenant, job_id))
         return Response(status_code=204)
 
     return router

@@ -13,6 +13,7 @@ Client actions (text frames)::
     {"action": "start", "identify": false}                                 never name speakers after enrolled profiles
     {"action": "stop"}
     {"action": "resume", "session_id": "...", "token": "..."}             continue a session after a lost connection
+    {"action": "auth", "token": "..."}                                     the credential, as the first message
 
 plus binary frames of mono PCM, 16 kHz s16le unless the start names another format.
 Every field of a start but `action` is optional. The audio format:
@@ -49,7 +50,15 @@ Server events (text frames)::
 `speakerName` and `profileId` name a speaker whose voice matched an enrolled profile
 (docs/speakers.md); they are left out for a speaker who is unknown. `identify` (default: on when
 the tenant has profiles) asks for that naming; false turns it off for the session.
+    {"event": "authenticated", "tenant": "...", "scopes": ["ingest", ...]}   the reply to an auth message
     {"event": "error", "code": "...", "message": "..."}   (the codes: ErrorCode)
+
+With SPEAKERFLOW_AUTH_MODE=required a socket authenticates before anything else
+(:mod:`pipeline.gateway.credentials`): a header, ``?access_token=``, or an auth action as its first
+message. A refusal is an error event (`unauthenticated`, `invalid_credential`, `forbidden`,
+`wrong_tenant`, `too_many_connections`) and close code 1008. A session id of another tenant than
+the default is ``<tenant>:<id>`` (:mod:`pipeline.gateway.tenants`): the gateway prefixes the id a
+start asks for, and `started` carries the id to subscribe to and resume.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from pipeline.gateway.audio_input import (
     BUS_FORMAT,
@@ -70,9 +79,11 @@ from pipeline.gateway.audio_input import (
     Encoding,
     NonFiniteSamples,
 )
+from pipeline.gateway.tenants import qualified_session_id
 from topics import AudioChunk, ReportedSpeaker, SessionReport, SessionStart, SessionStop, SpeakerTurn, SpeakerUpdate
-from topics.messages import ReportedTurn, SessionId
+from topics.messages import DEFAULT_TENANT, ReportedTurn, SessionId
 
+_SESSION_ID = TypeAdapter(SessionId)
 # Where clients reach the gateway: one socket per producing client, one per watcher of a session.
 SESSION_PATH = "/ws/session"
 EVENTS_PATH = "/ws/sessions/{session_id}/events"
@@ -87,6 +98,8 @@ def events_url(host: str, port: int, session_id: str) -> str:
 
 
 __all__ = [
+    "AuthAction",
+    "AuthenticatedEvent",
     "EVENTS_PATH",
     "SESSION_PATH",
     "ErrorCode",
@@ -147,6 +160,22 @@ class ErrorCode(StrEnum):
     INVALID_RESUME = "invalid_resume"
     # A resume of a session that cannot continue: stopped, unknown, or its client gone longer than the grace period.
     RESUME_EXPIRED = "resume_expired"
+    # Authentication required and none sent (in a header, the query string or a first auth message); closed (1008).
+    UNAUTHENTICATED = "unauthenticated"
+    # A credential that proves nothing: malformed, unknown, revoked, expired, or badly signed; closed (1008).
+    INVALID_CREDENTIAL = "invalid_credential"
+    # The credential lacks the scope the socket needs (ingest, subscribe); closed (1008).
+    FORBIDDEN = "forbidden"
+    # A session of another tenant: subscribed to, or resumed; the events socket is closed (1008).
+    WRONG_TENANT = "wrong_tenant"
+    # An auth action on a socket that is authenticated already.
+    ALREADY_AUTHENTICATED = "already_authenticated"
+    # The tenant has SPEAKERFLOW_QUOTA_MAX_CONNECTIONS sockets open on this gateway; closed (1008).
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    # The tenant runs SPEAKERFLOW_QUOTA_MAX_SESSIONS sessions on this gateway; the start is refused, the socket stays.
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    # The tenant sent more than SPEAKERFLOW_QUOTA_AUDIO_SECONDS_PER_MINUTE; the frame is dropped, the session goes on.
+    AUDIO_RATE_EXCEEDED = "audio_rate_exceeded"
 
 
 class ProtocolError(Exception):
@@ -194,10 +223,12 @@ class StartAction(BaseModel):
         """The format of the frames the client will send."""
         return AudioFormat(self.sample_rate or BUS_FORMAT.sample_rate, self.encoding or BUS_FORMAT.encoding)
 
-    def session_start(self, session_id: str, producer: str) -> SessionStart:
+    def session_start(self, session_id: str, producer: str, tenant: str = DEFAULT_TENANT) -> SessionStart:
         """The bus record that opens the session; raises ProtocolError (invalid_start) if the counts break the rules."""
         counts = speaker_counts(self.num_speakers, self.min_speakers, self.max_speakers)
-        return SessionStart(session_id=session_id, seq=0, producer=producer, identify=self.identify, **counts)
+        return SessionStart(
+            session_id=session_id, seq=0, producer=producer, identify=self.identify, tenant=tenant, **counts
+        )
 
 
 def speaker_counts(
@@ -257,7 +288,16 @@ class ResumeAction(BaseModel):
     token: str = Field(min_length=1, max_length=256)
 
 
-ClientAction = StartAction | StopAction | ResumeAction
+class AuthAction(BaseModel):
+    """A socket's credential, sent as its first message (for clients that cannot set a header)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["auth"]
+    token: str = Field(min_length=1, max_length=8192)
+
+
+ClientAction = StartAction | StopAction | ResumeAction | AuthAction
 
 
 def parse_action(text: str) -> ClientAction:
@@ -281,7 +321,14 @@ def parse_action(text: str) -> ClientAction:
             return ResumeAction.model_validate(body)
         except ValidationError as exc:
             raise ProtocolError(ErrorCode.INVALID_RESUME, _validation_summary(exc)) from exc
-    raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}; expected 'start', 'stop' or 'resume'")
+    if action == "auth":
+        try:
+            return AuthAction.model_validate(body)
+        except ValidationError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, _validation_summary(exc)) from exc
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_ACTION, f"unknown action {action!r}; expected 'start', 'stop', 'resume' or 'auth'"
+    )
 
 
 # ---- server events ------------------------------------------------------------------------
@@ -390,13 +437,21 @@ class ReportEvent(_Event):
         )
 
 
+class AuthenticatedEvent(_Event):
+    """The reply to an auth action: whose the socket is now, and what it may do."""
+
+    event: Literal["authenticated"] = "authenticated"
+    tenant: str
+    scopes: list[str]
+
+
 class ErrorEvent(_Event):
     event: Literal["error"] = "error"
     code: ErrorCode
     message: str
 
 
-ServerEvent = StartedEvent | ResumedEvent | SpeakerEvent | TurnEvent | ReportEvent | ErrorEvent
+ServerEvent = AuthenticatedEvent | StartedEvent | ResumedEvent | SpeakerEvent | TurnEvent | ReportEvent | ErrorEvent
 ResultMessage = SpeakerUpdate | SpeakerTurn | SessionReport
 
 
@@ -471,7 +526,8 @@ class GatewaySession:
         """A session is open on this connection (started, maybe stopped and awaiting its report)."""
         return self.session_id is not None
 
-    def start(self, action: StartAction) -> SessionStart:
+    def start(self, action: StartAction, tenant: str | None = None) -> SessionStart:
+        """The start record of `action`; `tenant` (None in open mode) qualifies its session id (pipeline.gateway.tenants)."""
         if self.stopped:
             raise ProtocolError(
                 ErrorCode.ALREADY_STARTED, f"session {self.session_id} is stopping; wait for its report"
@@ -480,7 +536,17 @@ class GatewaySession:
             raise ProtocolError(
                 ErrorCode.ALREADY_STARTED, f"session {self.session_id} is already running on this connection"
             )
-        return action.session_start(action.session_id or uuid.uuid4().hex, self.producer)
+        session_id = action.session_id or uuid.uuid4().hex
+        if tenant is None:
+            return action.session_start(session_id, self.producer)
+        session_id = qualified_session_id(tenant, session_id)
+        try:
+            _SESSION_ID.validate_python(session_id)
+        except ValidationError as exc:
+            raise ProtocolError(
+                ErrorCode.INVALID_START, f"session id {session_id!r} with its tenant prefix: {_validation_summary(exc)}"
+            ) from exc
+        return action.session_start(session_id, self.producer, tenant)
 
     def audio(self, frame: bytes) -> AudioChunk | None:
         """The chunk for one client frame, converted to the bus format; None while the resampler holds it all back."""

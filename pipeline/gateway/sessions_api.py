@@ -5,6 +5,9 @@
 - ``GET /v1/sessions/{session_id}/report?format=rttm|json|csv|text``: the session's report as
   ``speakerflow export`` writes it (:mod:`pipeline.export`), read back from the compacted report
   topic, so what the web console downloads is byte for byte what the command line writes.
+
+Both need the ``subscribe`` scope and show only the caller's tenant's sessions
+(:mod:`pipeline.gateway.tenants`); another tenant's report is refused (403 ``wrong_tenant``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from pipeline.export import ReportNotFound, fetch_report, format_report
+from pipeline.gateway.access import authorize, require_session
 from topics.messages import SessionId
 
 if TYPE_CHECKING:  # the app includes this router
@@ -75,7 +79,8 @@ async def running_sessions(request: Request) -> RunningSessionsOut:
     A session appears at its first result (a step after its start) and leaves at its report,
     or two minutes after its latest result if it never gets one.
     """
-    sessions = _gateway(request).fanout.running_sessions.running()
+    principal = authorize(request, "subscribe")
+    sessions = [s for s in _gateway(request).fanout.running_sessions.running() if principal.owns_session(s.session_id)]
     return RunningSessionsOut(
         sessions=[
             RunningSessionOut(
@@ -93,6 +98,7 @@ async def running_sessions(request: Request) -> RunningSessionsOut:
     "/{session_id}/report",
     response_class=Response,
     responses={
+        403: {"description": "the session is another tenant's (wrong_tenant), or the credential lacks subscribe"},
         200: {
             "description": "the report, as `speakerflow export --format FORMAT` writes it",
             "content": {media: {} for media in sorted(set(_MEDIA_TYPES.values()))},
@@ -111,6 +117,8 @@ async def session_report(
         _SESSION_ID.validate_python(session_id)
     except ValidationError as exc:
         raise HTTPException(422, f"{session_id!r} is not a valid session id") from exc
+    principal = authorize(request, "subscribe")
+    require_session(principal, session_id)
     gateway = _gateway(request)
     try:
         report = await fetch_report(gateway.settings.kafka, session_id, security=gateway.settings.kafka_security)

@@ -17,7 +17,9 @@ voice (422); the error's ``detail`` carries a ``code`` and a ``message``.
 The profile goes to the compacted ``speakerflow.speaker-profiles`` (a tombstone deletes it); only
 embeddings are stored, never audio. Reads come from this gateway's own view of that topic, read
 from its beginning at start and followed from then on, so every gateway serves every profile.
-Until the gateway authenticates tenants, every profile is the ``default`` tenant's.
+Every endpoint needs the ``speakers`` scope and sees only the caller's tenant's profiles: another
+tenant's profile is not found (404), and a live session is named after its own tenant's only
+(the tenant travels in its `SessionStart`). In open mode every profile is the ``default`` tenant's.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.bus import PLAINTEXT
+from pipeline.gateway.access import authorize
 from pipeline.gateway.compacted_view import CompactedView
 from pipeline.gateway.uploads import Upload, decode_clip, read_upload, refuse
 from pipeline.settings import KafkaSecurity, Settings
 from pipeline.stages.speaker_enrolment import ClipEmbeddings, EnrolmentRefused, SpeakerEnroller, combine
 from pipeline.stages.speaker_naming import ProfileRegistry
 from topics import SPEAKER_PROFILES
-from topics.speaker_profiles import DEFAULT_TENANT, ProfileKey, SpeakerProfile, encode_profile, encode_tombstone
+from topics.speaker_profiles import ProfileKey, SpeakerProfile, encode_profile, encode_tombstone
 
 __all__ = ["ProfileView", "SpeakerOut", "speakers_router"]
 
@@ -181,6 +184,7 @@ def speakers_router(settings: Settings) -> APIRouter:
     @router.post("", status_code=201, response_model=SpeakerOut, openapi_extra=_CLIPS_SCHEMA)
     async def enrol(request: Request) -> SpeakerOut:
         """Enrol a new speaker from one or more clips of their voice (multipart: name, clips)."""
+        tenant = authorize(request, "speakers").tenant
         directory = _directory(request)
         upload = await read_upload(request, settings.enrol_max_clips, settings.enrol_max_clip_bytes)
         if not upload.name or len(upload.name) > 128:
@@ -188,7 +192,7 @@ def speakers_router(settings: Settings) -> APIRouter:
         clips = await directory.embed(upload)
         now = _now_ms()
         profile = SpeakerProfile(
-            tenant=DEFAULT_TENANT,
+            tenant=tenant,
             profile_id=uuid.uuid4().hex,
             name=upload.name,
             embeddings=combine(clips),
@@ -204,18 +208,21 @@ def speakers_router(settings: Settings) -> APIRouter:
     @router.get("", response_model=SpeakerList)
     async def list_speakers(request: Request) -> SpeakerList:
         """Every enrolled speaker of the tenant."""
-        profiles = _directory(request).view.registry.profiles(DEFAULT_TENANT)
+        tenant = authorize(request, "speakers").tenant
+        profiles = _directory(request).view.registry.profiles(tenant)
         return SpeakerList(speakers=[SpeakerOut.of(p) for p in sorted(profiles, key=lambda p: p.created_ms)])
 
     @router.get("/{profile_id}", response_model=SpeakerOut)
     async def get_speaker(profile_id: str, request: Request) -> SpeakerOut:
-        return SpeakerOut.of(_existing(_directory(request), profile_id))
+        tenant = authorize(request, "speakers").tenant
+        return SpeakerOut.of(_existing(_directory(request), tenant, profile_id))
 
     @router.post("/{profile_id}/clips", response_model=SpeakerOut, openapi_extra=_CLIPS_SCHEMA)
     async def add_clips(profile_id: str, request: Request) -> SpeakerOut:
         """Add clips to a speaker's profile (multipart: clips)."""
+        tenant = authorize(request, "speakers").tenant
         directory = _directory(request)
-        profile = _existing(directory, profile_id)
+        profile = _existing(directory, tenant, profile_id)
         upload = await read_upload(request, settings.enrol_max_clips, settings.enrol_max_clip_bytes)
         clips = await directory.embed(upload)
         updated = profile.model_copy(
@@ -232,8 +239,9 @@ def speakers_router(settings: Settings) -> APIRouter:
     @router.delete("/{profile_id}", status_code=204)
     async def delete_speaker(profile_id: str, request: Request) -> Response:
         """Delete a speaker: a tombstone on the registry; later matches no longer name them."""
+        tenant = authorize(request, "speakers").tenant
         directory = _directory(request)
-        profile = _existing(directory, profile_id)
+        profile = _existing(directory, tenant, profile_id)
         await directory.delete(profile.key)
         log.info("deleted speaker %s (%s)", profile.profile_id, profile.name)
         return Response(status_code=204)
@@ -241,8 +249,9 @@ def speakers_router(settings: Settings) -> APIRouter:
     return router
 
 
-def _existing(directory: SpeakerDirectory, profile_id: str) -> SpeakerProfile:
-    profile = directory.view.get(DEFAULT_TENANT, profile_id)
+def _existing(directory: SpeakerDirectory, tenant: str, profile_id: str) -> SpeakerProfile:
+    """The tenant's profile; another tenant's is as unknown as one that does not exist (404)."""
+    profile = directory.view.get(tenant, profile_id)
     if profile is None:
         raise refuse(404, "unknown_speaker", f"no speaker {profile_id!r}")
     return profile

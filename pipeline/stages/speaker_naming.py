@@ -103,6 +103,8 @@ class SpeakerNamingState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     identify: bool | None = None
+    # The session's tenant (its start's): only that tenant's profiles name its speakers.
+    tenant: str = DEFAULT_TENANT
     names: dict[int, NamedSpeaker] = {}
 
 
@@ -122,22 +124,28 @@ class SpeakerNaming:
         self.tenant = tenant
 
     def start(self, message: SessionStart) -> SpeakerNamingState:
-        return SpeakerNamingState(identify=message.identify)
+        return SpeakerNamingState(identify=message.identify, tenant=message.tenant)
 
     def match(self, state: SpeakerNamingState, centroids: Mapping[int, Centroid]) -> None:
         """Name the speakers whose centroids match a profile now; the others are unknown."""
         if state.identify is False:
             return
-        state.names = self.assign(centroids, held=state.names, min_evidence=self.config.min_evidence)
+        state.names = self.assign(
+            centroids, held=state.names, min_evidence=self.config.min_evidence, tenant=state.tenant
+        )
 
     def assign(
         self,
         centroids: Mapping[int, Centroid],
         held: Mapping[int, NamedSpeaker] | None = None,
         min_evidence: int = 1,
+        tenant: str | None = None,
     ) -> dict[int, NamedSpeaker]:
-        """The one-to-one assignment of speakers to profiles (speaker -> profile), past the threshold."""
-        voices = self.registry.voices(self.model_name, self.tenant)
+        """The one-to-one assignment of speakers to profiles (speaker -> profile), past the threshold.
+
+        `tenant`: whose profiles may name them (a session's); None: the one this naming was built for.
+        """
+        voices = self.registry.voices(self.model_name, self.tenant if tenant is None else tenant)
         speakers = [s for s, c in sorted(centroids.items()) if c.evidence >= min_evidence and np.any(c.vector_sum)]
         if not voices or not speakers:
             return {}
@@ -183,7 +191,7 @@ class SpeakerNaming:
         """The report with its speakers named from the report's own centroids (all evidence in hand)."""
         if state.identify is False:
             return report
-        names = self.assign(centroids)
+        names = self.assign(centroids, tenant=state.tenant)
         if not names:
             return report
         speakers = [

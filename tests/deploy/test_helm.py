@@ -478,15 +478,37 @@ def test_gateway_replicas_share_one_resume_secret(render, default: Manifests) ->
     env, ref = resume_env(default)
     with mock.patch.dict(os.environ, env, clear=True):
         assert Settings.from_env().resume_grace_s == 30.0
-    (secret,) = of_kind(default, "Secret")
+    (secret,) = [s for s in of_kind(default, "Secret") if s["metadata"]["name"].endswith("-gateway-resume")]
     assert ref == {"name": secret["metadata"]["name"], "key": "resume-secret"}
     assert len(secret["data"]["resume-secret"]) >= 48  # random, base64
 
     given = render(values={"gateway": {"resume": {"secretName": "speech-resume", "graceSeconds": 10}}})
-    assert of_kind(given, "Secret") == []
+    assert [s for s in of_kind(given, "Secret") if s["metadata"]["name"].endswith("-gateway-resume")] == []
     env, ref = resume_env(given)
     assert ref == {"name": "speech-resume", "key": "resume-secret"}
     assert env["SPEAKERFLOW_RESUME_GRACE_S"] == "10"
+
+
+def test_gateways_require_credentials_by_default_and_share_one_jwt_secret(render, default: Manifests) -> None:
+    """Auth is on in a deployment; every replica verifies and signs tokens with one key (docs/security.md)."""
+
+    def auth_env(manifests: Manifests) -> tuple[dict[str, str], dict]:
+        (gateway,) = deployments(manifests)["gateway"]["spec"]["template"]["spec"]["containers"]
+        (secret,) = [e for e in gateway["env"] if e["name"] == "SPEAKERFLOW_AUTH_JWT_SECRET"]
+        return env_of(gateway), secret["valueFrom"]["secretKeyRef"]
+
+    env, ref = auth_env(default)
+    with mock.patch.dict(os.environ, env, clear=True):
+        settings = Settings.from_env()
+    assert settings.auth_mode == "required" and settings.auth_token_ttl_s == 300.0
+    assert (settings.quota_max_sessions, settings.quota_max_connections) == (100, 200)
+    (secret,) = [s for s in of_kind(default, "Secret") if s["metadata"]["name"] == ref["name"]]
+    assert ref["key"] == "jwt-secret" and len(secret["data"]["jwt-secret"]) >= 48
+
+    given = render(values={"gateway": {"auth": {"mode": "open", "secretName": "speech-jwt"}}})
+    env, ref = auth_env(given)
+    assert env["SPEAKERFLOW_AUTH_MODE"] == "open" and ref == {"name": "speech-jwt", "key": "jwt-secret"}
+    assert not [s for s in of_kind(given, "Secret") if s["metadata"]["name"].endswith("-gateway-auth")]
 
 
 def test_plaintext_kafka_mounts_nothing(default: Manifests, gpu_keda: Manifests) -> None:

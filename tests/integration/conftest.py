@@ -56,12 +56,21 @@ def local_stack(
 ) -> Callable[..., contextlib.AbstractContextManager[Stack]]:
     """Runs a whole stack (workers, and a gateway on a free port) on the session's broker for a `with` block.
 
-    Its workers run `profile`; `options` go to Stack, e.g. `workers={"segment": 2, ...}`.
+    Its workers run `profile`; `settings` are more Settings fields (e.g. `{"auth_mode": "required"}`);
+    `options` go to Stack, e.g. `workers={"segment": 2, ...}`.
     """
 
     @contextlib.contextmanager
-    def run(name: str, report_timeout_s: float, profile: str = Settings.profile, **options: Any) -> Iterator[Stack]:
-        settings = Settings(gateway_port=free_port(), report_timeout_s=report_timeout_s, profile=profile)
+    def run(
+        name: str,
+        report_timeout_s: float,
+        profile: str = Settings.profile,
+        settings: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Iterator[Stack]:
+        settings = Settings(
+            gateway_port=free_port(), report_timeout_s=report_timeout_s, profile=profile, **(settings or {})
+        )
         with Stack(tmp_path_factory.mktemp(name), settings, bootstrap=bootstrap, **options) as running:
             yield running
 
