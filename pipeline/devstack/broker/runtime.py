@@ -325,6 +325,22 @@ class KafkaBroker:
         if self._owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash or a lost node ends it: no orderly shutdown.
+
+        The data directory and the ports are kept, so :meth:`start` brings the same broker back
+        on both (the JVM recovers its logs from the unclean shutdown).
+        """
+        if not self.is_running():
+            raise BrokerError("the broker is not running")
+        assert self._proc is not None
+        proc, self._proc = self._proc, None
+        _attached.discard(self)
+        log.info("killing Kafka (pid %d)", proc.pid)
+        proc.kill()
+        proc.wait()
+        (self.data_dir / _STATE_FILE).unlink(missing_ok=True)
+
     def __enter__(self) -> KafkaBroker:
         return self.start()
 
