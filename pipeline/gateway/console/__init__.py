@@ -1,8 +1,9 @@
-"""The web console: a page the gateway serves at ``/`` that streams a microphone or a file, or watches a session.
+"""The web console: a page the gateway serves at ``/``: live sessions, watching one, batch jobs, known speakers.
 
 The page is plain HTML, CSS and ES modules under ``static/``, served as they are (no build
 step, nothing fetched from elsewhere); it talks only to the gateway's own endpoints
-(``/ws/session``, ``/ws/sessions/{id}/events``, ``/v1/sessions``). See docs/console.md.
+(``/ws/session``, ``/ws/sessions/{id}/events``, ``/v1/sessions``, ``/v1/jobs``, ``/v1/speakers``,
+and ``/v1/auth`` with ``/v1/tokens`` when the gateway requires credentials). See docs/console.md.
 """
 
 from __future__ import annotations

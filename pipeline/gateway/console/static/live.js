@@ -2,6 +2,7 @@
 // the session drawn as its events come, and the report when it is stopped.
 
 import { AudioSource, AudioSourceError } from "./audio-source.js";
+import { forget, socketUrl } from "./auth.js";
 import { closeProblem, sessionSocketUrl } from "./gateway.js";
 import { SessionView } from "./session-view.js";
 
@@ -16,7 +17,7 @@ export class LivePanel {
     this.part = (name) => panel.querySelector(`[data-part="${name}"]`);
     this.form = this.part("live-form");
     this.toggle = this.part("live-toggle");
-    this.view = new SessionView(this.part("live-view"));
+    this.view = new SessionView(this.part("live-view"), { onError: (text) => this.showError(text) });
     this.state = "idle"; // idle, opening, connecting, running, stopping
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -92,9 +93,17 @@ export class LivePanel {
     this.connect();
   }
 
-  connect() {
+  async connect() {
     this.setState("connecting", "Connecting to the gateway…");
-    const socket = new WebSocket(sessionSocketUrl());
+    let url;
+    try {
+      url = await socketUrl(sessionSocketUrl());
+    } catch (error) {
+      this.end("Not started.");
+      this.showError(error.message);
+      return;
+    }
+    const socket = new WebSocket(url);
     this.socket = socket;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
@@ -153,6 +162,7 @@ export class LivePanel {
   onClose(socket, event) {
     if (socket !== this.socket) return; // closed by end()
     const wasConnecting = this.state === "connecting";
+    if (event.code === 1008) forget(); // perhaps the token: the next start gets a fresh one
     this.end("Not connected.");
     this.showError(
       wasConnecting && event.code === 1006

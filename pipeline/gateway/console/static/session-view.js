@@ -2,7 +2,7 @@
 // speaker, and once the report comes, the report's timeline, table and downloads. The Live and
 // Watch tabs each hold one; neither keeps anything the events did not carry.
 
-import { EXPORT_FORMATS, reportUrl } from "./gateway.js";
+import { downloadLink, EXPORT_FORMATS, reportUrl } from "./gateway.js";
 import { drawTimeline, formatClock, speakerColour } from "./timeline.js";
 
 // Seconds of the live timeline in view: the newest at the right edge.
@@ -15,8 +15,10 @@ const REDRAW_MS = 200;
 export const speakerLabel = (id, names) => names.get(id) ?? `Speaker ${id}`;
 
 export class SessionView {
-  constructor(root) {
+  // onError(text): a problem the panel shows (a download the gateway refused).
+  constructor(root, { onError } = {}) {
     this.root = root;
+    this.onError = onError;
     root.replaceChildren(document.getElementById("session-view").content.cloneNode(true));
     this.part = (name) => root.querySelector(`[data-part="${name}"]`);
     this.liveCanvas = this.part("live-timeline");
@@ -184,11 +186,7 @@ export class SessionView {
     const links = this.part("exports");
     links.replaceChildren(
       ...EXPORT_FORMATS.map(({ format, label }) => {
-        const link = document.createElement("a");
-        link.href = reportUrl(this.sessionId, format);
-        link.download = "";
-        link.textContent = label;
-        link.className = "button";
+        const link = downloadLink({ href: reportUrl(this.sessionId, format), label, onError: this.onError });
         link.dataset.format = format;
         return link;
       }),

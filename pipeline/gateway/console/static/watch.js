@@ -1,6 +1,7 @@
 // The Watch tab: any session, by id or from the list of running ones, drawn from its
 // /ws/sessions/{id}/events socket exactly as the Live tab draws its own.
 
+import { forget, socketUrl } from "./auth.js";
 import { closeProblem, eventsSocketUrl, finishedReport, runningSessions, SESSION_ID_PATTERN } from "./gateway.js";
 import { SessionView } from "./session-view.js";
 
@@ -12,7 +13,7 @@ export class WatchPanel {
     this.part = (name) => panel.querySelector(`[data-part="${name}"]`);
     this.form = this.part("watch-form");
     this.toggle = this.part("watch-toggle");
-    this.view = new SessionView(this.part("watch-view"));
+    this.view = new SessionView(this.part("watch-view"), { onError: (text) => this.showError(text) });
     this.socket = null;
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -76,7 +77,7 @@ export class WatchPanel {
     );
   }
 
-  watch(sessionId) {
+  async watch(sessionId) {
     this.part("watch-error").hidden = true;
     if (!SESSION_ID_PATTERN.test(sessionId)) {
       this.showError("A session id is 1 to 128 letters, digits, '.', '_', ':' or '-'.");
@@ -88,7 +89,21 @@ export class WatchPanel {
     this.status(`Watching session ${sessionId}: waiting for its results…`);
     this.toggle.textContent = "Stop watching";
     this.form.elements.session_id.disabled = true;
-    const socket = new WebSocket(eventsSocketUrl(sessionId));
+    // Taken at once, so a second click (or unwatch) while the token comes finds it watching.
+    const pending = { close() {} };
+    this.socket = pending;
+    let url;
+    try {
+      url = await socketUrl(eventsSocketUrl(sessionId));
+    } catch (error) {
+      if (this.socket === pending) {
+        this.unwatch("Not watching.");
+        this.showError(error.message);
+      }
+      return;
+    }
+    if (this.socket !== pending) return; // unwatched meanwhile
+    const socket = new WebSocket(url);
     this.socket = socket;
     socket.onopen = () => {
       this.panel.dataset.state = "watching";
@@ -98,6 +113,7 @@ export class WatchPanel {
     socket.onclose = (event) => {
       if (socket !== this.socket) return; // closed by unwatch()
       const opened = this.panel.dataset.state === "watching";
+      if (event.code === 1008) forget(); // perhaps the token: the next watch gets a fresh one
       this.unwatch("Not watching.");
       this.showError(
         event.code === 1006 && !opened
