@@ -10,7 +10,7 @@ from typing import TypeVar
 import faust
 from faust.types import EventT
 
-from pipeline.agents.session_states import CHECKPOINT_MAX_BYTES, SessionStates
+from pipeline.agents.session_states import CHECKPOINT_MAX_BYTES, SessionStates, SkippedRecord
 from pipeline.bus import faust_credentials
 from pipeline.metrics import StageMetrics, observe_output
 from pipeline.settings import Settings
@@ -150,12 +150,15 @@ async def handle_session_messages(
     cannot be restored loses its records, not its partition's other sessions.
     """
     metrics = guard.metrics
-    async for event in stream.events():
-        message = decode_event(event, metrics)
-        if message is not None:
-            async with guard.record(event):
-                with metrics.handling(message):
-                    await handle(event, message, await sessions.get(event, replay))
+    async for delivered in stream.events():
+        for event in await sessions.with_skipped([delivered]):
+            message = decode_event(event, metrics)
+            if message is not None:
+                async with guard.record(event):
+                    with metrics.handling(message):
+                        await handle(event, message, await sessions.get(event, replay))
+            if isinstance(event, SkippedRecord):
+                event.ack()  # the delivered event is acknowledged by the stream itself
 
 
 def ingest_ms(event: EventT) -> int:

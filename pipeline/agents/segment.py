@@ -15,7 +15,7 @@ import faust
 from faust.types import EventT
 
 from pipeline.agents.app import bus_topic, dead_letter_guard, decode_event, ingest_ms, send
-from pipeline.agents.session_states import session_states
+from pipeline.agents.session_states import SkippedRecord, session_states
 from pipeline.config import Profile
 from pipeline.metrics import StageMetrics
 from pipeline.settings import Settings
@@ -76,7 +76,8 @@ def register(app: faust.App, profile: Profile, settings: Settings) -> None:
 
     @app.agent(source)
     async def segment(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(MAX_BATCH, within=MAX_WAIT_S):
+        async for taken in stream.take_events(MAX_BATCH, within=MAX_WAIT_S):
+            events = await sessions.with_skipped(taken)
             pending: list[tuple[EventT, AudioChunk, SessionState]] = []
             for event in events:
                 message = decode_event(event, metrics)
@@ -95,3 +96,6 @@ def register(app: faust.App, profile: Profile, settings: Settings) -> None:
                         await handle(event, message, state)
             if pending:
                 await push_chunks(pending)
+            for event in events:
+                if isinstance(event, SkippedRecord):
+                    event.ack()  # the events taken are acknowledged by take_events itself
