@@ -166,6 +166,7 @@ def _stream(args: argparse.Namespace, settings: Settings) -> int:
             on_event=None if args.quiet else LiveView(),
             sample_rate=client_format.sample_rate,
             encoding=client_format.encoding,
+            api_key=settings.api_key,
             **counts,
         )
     )
@@ -382,7 +383,9 @@ def _listed(text: str | None) -> list[str]:
 def _speakers(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.producers.gateway_http import GatewayApiError, SpeakersClient, base_url
 
-    client = SpeakersClient(args.url or base_url(settings.gateway_host, settings.gateway_port))
+    client = SpeakersClient(
+        args.url or base_url(settings.gateway_host, settings.gateway_port), api_key=settings.api_key
+    )
     try:
         if args.action == "enroll":
             missing = [str(f) for f in args.files if not f.is_file()]
@@ -414,7 +417,7 @@ def _job(args: argparse.Namespace, settings: Settings) -> int:
 
     from pipeline.producers.gateway_http import GatewayApiError, JobsClient, base_url
 
-    client = JobsClient(args.url or base_url(settings.gateway_host, settings.gateway_port))
+    client = JobsClient(args.url or base_url(settings.gateway_host, settings.gateway_port), api_key=settings.api_key)
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         raise SystemExit(f"speakerflow job: no such file: {', '.join(missing)}")

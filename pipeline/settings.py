@@ -83,6 +83,9 @@ class Settings:
     max_frame_bytes: int = 65_536
     # How long the gateway waits for a session's report after stop.
     report_timeout_s: float = 60.0
+    # How long the gateway keeps trying to get a record onto the bus before the client gets bus_unavailable:
+    # long enough to ride out a broker restart (docs/reliability.md, "Broker faults").
+    gateway_publish_timeout_s: float = 120.0
     # How long a session whose client lost its connection waits for the client to resume it; 0: stop it at once.
     resume_grace_s: float = 30.0
     # Signs the resume tokens of `started`; every gateway of a deployment needs the same one for a session to
@@ -95,6 +98,8 @@ class Settings:
     auth_jwt_secret: str | None = field(default=None, repr=False)
     # A JWKS (JSON) of the public keys RS256/ES256 JWTs are verified against; None: such tokens are refused.
     auth_jwks_file: Path | None = None
+    # The credential the CLI's gateway clients (`speakerflow stream`, `speakers`, `job`) send as a bearer token.
+    api_key: str | None = field(default=None, repr=False)
     # Lifetime of the tokens POST /v1/tokens issues (the ones browsers put in a socket's query string).
     auth_token_ttl_s: float = 300.0
     # Per tenant and per gateway instance; 0: unlimited. Concurrent sessions fed through this gateway, open
@@ -149,11 +154,13 @@ class Settings:
             gateway_port=int(get("GATEWAY_PORT") or defaults.gateway_port),
             max_frame_bytes=int(get("MAX_FRAME_BYTES") or defaults.max_frame_bytes),
             report_timeout_s=float(get("REPORT_TIMEOUT_S") or defaults.report_timeout_s),
+            gateway_publish_timeout_s=float(get("GATEWAY_PUBLISH_TIMEOUT_S") or defaults.gateway_publish_timeout_s),
             resume_grace_s=float(get("RESUME_GRACE_S") or defaults.resume_grace_s),
             resume_secret=get("RESUME_SECRET"),
             auth_mode=_auth_mode(get("AUTH_MODE") or defaults.auth_mode),
             auth_jwt_secret=get("AUTH_JWT_SECRET"),
             auth_jwks_file=_path(get("AUTH_JWKS_FILE")),
+            api_key=get("API_KEY"),
             auth_token_ttl_s=float(get("AUTH_TOKEN_TTL_S") or defaults.auth_token_ttl_s),
             quota_max_sessions=int(get("QUOTA_MAX_SESSIONS") or defaults.quota_max_sessions),
             quota_max_connections=int(get("QUOTA_MAX_CONNECTIONS") or defaults.quota_max_connections),
@@ -191,11 +198,13 @@ class Settings:
             "GATEWAY_PORT": str(self.gateway_port),
             "MAX_FRAME_BYTES": str(self.max_frame_bytes),
             "REPORT_TIMEOUT_S": repr(self.report_timeout_s),
+            "GATEWAY_PUBLISH_TIMEOUT_S": repr(self.gateway_publish_timeout_s),
             "RESUME_GRACE_S": repr(self.resume_grace_s),
             "RESUME_SECRET": self.resume_secret or "",
             "AUTH_MODE": self.auth_mode,
             "AUTH_JWT_SECRET": self.auth_jwt_secret or "",
             "AUTH_JWKS_FILE": _text(self.auth_jwks_file),
+            "API_KEY": self.api_key or "",
             "AUTH_TOKEN_TTL_S": repr(self.auth_token_ttl_s),
             "QUOTA_MAX_SESSIONS": str(self.quota_max_sessions),
             "QUOTA_MAX_CONNECTIONS": str(self.quota_max_connections),

@@ -34,12 +34,12 @@ import re
 import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -77,16 +77,18 @@ from pipeline.gateway.tenant_quotas import TenantQuotas
 from pipeline.gateway.tenants import session_tenant
 from pipeline.metrics import ACTIVE_SESSIONS, ERRORS, GATEWAY_CONNECTIONS, GATEWAY_SESSIONS
 from pipeline.settings import Settings
-from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate
+from topics import AUDIO, AudioChunk, SessionReport, SessionStart, SessionStop, SpeakerUpdate, encode
 from topics.messages import DEFAULT_TENANT, SAMPLE_RATE, SessionId
 
-__all__ = ["Gateway", "create_app", "serve", "server_config"]
+__all__ = ["Gateway", "GatewayServer", "create_app", "serve", "server_config"]
 
 log = logging.getLogger(__name__)
 
 _SESSION_ID = TypeAdapter(SessionId)
-# Policy violation, and "try again later" for a gateway that is not (or no longer) serving.
+# Policy violation, "service restart" for the sockets of a gateway that is stopping, and "try again later"
+# for a gateway that is not (or no longer) serving.
 _CLOSE_POLICY = 1008
+_CLOSE_RESTART = 1012
 _CLOSE_TRY_AGAIN = 1013
 # What sending on a socket whose client has left raises.
 _SOCKET_GONE = (WebSocketDisconnect, WebSocketDisconnected)
@@ -96,6 +98,12 @@ _LARGEST_FORMAT = AudioFormat(MAX_SAMPLE_RATE, Encoding.PCM_F32LE)
 # such sockets may wait at once: they belong to no tenant yet, so no tenant's quota bounds them.
 AUTH_MESSAGE_TIMEOUT_S = 10.0
 MAX_AWAITING_AUTH = 256
+# Audio a session may have on its way to the bus, beyond the publish timeout's worth: a client streaming in
+# real time never reaches the cap, since by the time it has sent that much its oldest frame was delivered or
+# failed. A faster client waits at the cap (its receive loop stops reading) while the bus is slow.
+IN_FLIGHT_MARGIN_S = 15.0
+# How long a stopping gateway waits for its clients to answer the close (1012) of their sockets.
+CLOSE_HANDSHAKE_S = 3.0
 
 
 class RedactAccessTokens(logging.Filter):
@@ -154,6 +162,8 @@ class Gateway:
         self.held: dict[str, tuple[GatewaySession, asyncio.Task[None]]] = {}
         self.resume_secret = settings.resume_secret or secrets.token_urlsafe(32)
         self.awaiting_auth = 0  # sockets accepted without a credential, waiting for their auth message
+        # Set when the server stops (GatewayServer): every socket closes itself with 1012.
+        self.stopping = asyncio.Event()
 
     def session_owner(self, session_id: str) -> str:
         return DEFAULT_TENANT if self.auth.open else session_tenant(session_id)
@@ -168,11 +178,20 @@ class Gateway:
         self.quotas.end_session(self.session_owner(session_id), session_id)
 
     async def publish(self, record: SessionStart | AudioChunk | SessionStop) -> None:
+        """Publish and wait for the broker's ack; ProtocolError (bus_unavailable) when it does not come in time."""
+        timeout = self.settings.gateway_publish_timeout_s
         try:
-            await publish(self.producer, AUDIO, record)
-        except KafkaError as exc:
+            # Bounded here too: the idempotent producer retries a batch sent to the broker for as long as it takes.
+            await asyncio.wait_for(publish(self.producer, AUDIO, record), timeout)
+        except (KafkaError, TimeoutError) as exc:
             log.warning("publishing %s of session %s failed: %r", record.TYPE, record.session_id, exc)
-            raise ProtocolError(ErrorCode.BUS_UNAVAILABLE, f"could not publish {record.TYPE}: {exc}") from exc
+            detail = exc if isinstance(exc, KafkaError) else f"no ack within {timeout:g}s"
+            raise ProtocolError(ErrorCode.BUS_UNAVAILABLE, f"could not publish {record.TYPE}: {detail}") from exc
+
+    async def send(self, chunk: AudioChunk) -> asyncio.Future[object]:
+        """Hand a chunk to the producer; the future it returns resolves once the broker acked it."""
+        key, value, headers = encode(chunk)
+        return await self.producer.send(AUDIO.name, value=value, key=key, headers=headers)
 
     def hold(self, state: GatewaySession) -> None:
         """Keep a session whose client left for the grace period; stop it then unless it was resumed."""
@@ -200,7 +219,8 @@ class Gateway:
             except KafkaError as exc:
                 log.warning("could not read back session %s (%r); stopping it as its own", session_id, exc)
                 position = None
-            if position is not None and (position.producer != self.id or position.seq != state.seq):
+            # The bus may hold fewer records of ours than `state` numbered: chunks whose delivery failed.
+            if position is not None and (position.producer != self.id or position.seq > state.seq):
                 log.info("session %s was resumed on %s; no longer held here", session_id, position.producer)
                 return
             GATEWAY_SESSIONS.labels("abandoned").inc()
@@ -231,6 +251,122 @@ class Gateway:
         }
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    pcm: bytes  # 16 kHz s16le
+    deadline: float  # event-loop time by which it must be on the bus
+
+
+class _AudioPublisher:
+    """One session's audio on its way to the bus: in order, without holding up the socket that feeds it.
+
+    The receive loop hands each chunk's PCM to :meth:`put` and reads on, so the client's frames, and
+    the pongs to the server's keepalive pings, keep being read while the broker is away (uvicorn stops
+    reading a socket whose application does not read: the pongs would go unread and the socket closed).
+    A sender task numbers each chunk with the session's seq and offset, advanced once the producer has
+    taken the record (``send()``; the producer keeps them in order on the partition), and a delivery
+    task checks the acks in the order sent. A chunk not acked within the publish timeout of being put
+    is lost, and the client gets one ``bus_unavailable`` event per run of such chunks.
+
+    :attr:`confirmed_offset` is the end of the last chunk the broker acked, which is also what a
+    gateway reading the session back from the bus finds: the offset a resume continues from.
+    """
+
+    def __init__(
+        self, gateway: Gateway, state: GatewaySession, report: Callable[[ProtocolError], Awaitable[None]]
+    ) -> None:
+        self._gateway = gateway
+        self._state = state
+        self._report = report
+        self._timeout = gateway.settings.gateway_publish_timeout_s
+        self._cap = int((self._timeout + IN_FLIGHT_MARGIN_S) * SAMPLE_RATE)
+        self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._sent: asyncio.Queue[tuple[AudioChunk, asyncio.Future[object], float]] = asyncio.Queue()
+        self._in_flight = 0  # samples put and not yet acked or lost
+        self._settled = asyncio.Condition()
+        self._failing = False  # the last chunk settled was lost: the client has been told
+        self.confirmed_offset = state.offset
+        self._tasks = [
+            asyncio.create_task(self._send_in_order(), name=f"send-{state.session_id}"),
+            asyncio.create_task(self._confirm_in_order(), name=f"confirm-{state.session_id}"),
+        ]
+
+    async def put(self, pcm: bytes) -> None:
+        """Queue a chunk's samples for the bus; waits only while the session has the cap's worth in flight."""
+        if self._in_flight >= self._cap:
+            async with self._settled:
+                await self._settled.wait_for(lambda: self._in_flight < self._cap)
+        self._in_flight += len(pcm) // 2
+        self._outgoing.put_nowait(_Outgoing(pcm, asyncio.get_running_loop().time() + self._timeout))
+
+    async def drain(self) -> None:
+        """Wait until every chunk put was acked or lost."""
+        async with self._settled:
+            await self._settled.wait_for(lambda: self._in_flight == 0)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _send_in_order(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._outgoing.get()
+            state = self._state
+            assert state.session_id is not None
+            chunk = AudioChunk(
+                session_id=state.session_id, seq=state.seq, offset=state.offset, producer=state.producer, pcm=item.pcm
+            )
+            try:
+                remaining = item.deadline - loop.time()
+                if remaining <= 0:
+                    raise KafkaTimeoutError("the producer took no record for the whole publish timeout")
+                # send() waits while the producer's batch for the partition is full (the broker away).
+                delivery = await asyncio.wait_for(self._gateway.send(chunk), remaining)
+            except (KafkaError, TimeoutError) as exc:
+                # Never taken by the producer: the next chunk gets its numbering, as after a frame the network lost.
+                await self._settle(chunk, exc)
+                continue
+            state.commit(chunk)
+            self._sent.put_nowait((chunk, delivery, item.deadline))
+
+    async def _confirm_in_order(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            chunk, delivery, deadline = await self._sent.get()
+            try:
+                # Shielded: a chunk given up on here may still reach the bus; the producer keeps it.
+                await asyncio.wait_for(asyncio.shield(delivery), max(deadline - loop.time(), 0.0))
+            except asyncio.CancelledError:
+                if not delivery.cancelled():
+                    raise  # this task was cancelled, not the delivery (the producer stopping)
+                await self._settle(chunk, KafkaError("the producer stopped before the broker acked"))
+            except Exception as exc:  # whatever failed the delivery, the chunk is lost and the rest must go on
+                await self._settle(chunk, exc)
+            else:
+                self.confirmed_offset = chunk.offset + chunk.num_samples
+                await self._settle(chunk, None)
+
+    async def _settle(self, chunk: AudioChunk, error: BaseException | None) -> None:
+        self._in_flight -= chunk.num_samples
+        async with self._settled:
+            self._settled.notify_all()
+        if error is None:
+            self._failing = False
+        elif not self._failing:
+            self._failing = True
+            if isinstance(error, TimeoutError):
+                error = KafkaTimeoutError(f"no ack within {self._timeout:g}s")
+            log.warning("audio of session %s lost from offset %d: %r", chunk.session_id, chunk.offset, error)
+            await self._report(
+                ProtocolError(
+                    ErrorCode.BUS_UNAVAILABLE,
+                    f"could not publish audio from offset {chunk.offset}: {error}; it is lost until the bus takes "
+                    "audio again",
+                )
+            )
+
+
 class _SessionSocket:
     """One client socket on /ws/session, for as many sessions as it runs one after another.
 
@@ -255,10 +391,14 @@ class _SessionSocket:
         # session's numbering between records, never in the middle of one.
         self._publishing = asyncio.Lock()
         self._closing: asyncio.Task[None] | None = None
+        self._closed = False  # this side sent the close: nothing more may be sent
+        # The running session's audio on its way to the bus; None while no session runs.
+        self._publisher: _AudioPublisher | None = None
 
     async def run(self) -> None:
         if not self.caller.accepted:
             await self.ws.accept()
+        stopping = asyncio.create_task(self._close_when_stopping())
         try:
             if self.caller.by_message:
                 await self._send(_authenticated(self.principal))
@@ -278,7 +418,13 @@ class _SessionSocket:
         except _SOCKET_GONE:
             pass
         finally:
+            stopping.cancel()
             await self._abandon()
+
+    async def _close_when_stopping(self) -> None:
+        await self.gateway.stopping.wait()
+        # The receive loop then reads the disconnect, and the session is held for a resume elsewhere.
+        await self._close(_CLOSE_RESTART, "gateway shutting down")
 
     async def _on_action(self, text: str) -> None:
         action = parse_action(text)
@@ -310,6 +456,7 @@ class _SessionSocket:
             raise
         audio_format = action.audio_format()
         self.state.commit(start, audio_format)
+        self._publisher = self._new_publisher()
         self._subscription = subscription
         log.info(
             "session %s started (num_speakers=%s, min_speakers=%d, max_speakers=%d, audio %s)",
@@ -343,6 +490,7 @@ class _SessionSocket:
         self.state = state
         gateway.claim_session(session_id)
         gateway.feeders[session_id] = self
+        self._publisher = self._new_publisher()
         self._subscription = gateway.fanout.subscribe(session_id)
         # Not an outcome: the session ends later, reported or abandoned, and is counted then.
         log.info("session %s resumed at %d samples", session_id, state.offset)
@@ -391,6 +539,8 @@ class _SessionSocket:
     async def hand_over(self) -> GatewaySession:
         """Give up this socket's running session to a resume on another socket, and close this one."""
         async with self._publishing:
+            await self._settle()
+            self._close_publisher()
             state = self.state
             self.state = GatewaySession(self.gateway.id, self.gateway.settings.max_frame_bytes)
             for task in (self._pump, self._deadline):
@@ -402,12 +552,16 @@ class _SessionSocket:
                 self._subscription = None
         if state.session_id is not None and self.gateway.feeders.get(state.session_id) is self:
             del self.gateway.feeders[state.session_id]
-        self._closing = asyncio.create_task(self._close_quietly())
+        self._closing = asyncio.create_task(self._close(1000, "session resumed on another connection"))
         return state
 
-    async def _close_quietly(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(1000, "session resumed on another connection")
+    async def _close(self, code: int, reason: str) -> None:
+        async with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason)
 
     async def _on_audio(self, frame: bytes) -> None:
         if not frame:
@@ -417,23 +571,46 @@ class _SessionSocket:
             seconds = len(frame) / (audio_format.encoding.bytes_per_sample * audio_format.sample_rate)
             self.gateway.quotas.take_audio(self.gateway.session_owner(self.state.session_id or ""), seconds)
         async with self._publishing:
+            # Validated and converted here; numbered once the producer takes it (_AudioPublisher).
             chunk = self.state.audio(frame)
             if chunk is not None:
-                await self._publish(chunk)
+                assert self._publisher is not None
+                await self._publisher.put(chunk.pcm)
+
+    def _new_publisher(self) -> _AudioPublisher:
+        self._close_publisher()
+        return _AudioPublisher(self.gateway, self.state, self._report_lost_audio)
+
+    def _close_publisher(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    async def _report_lost_audio(self, error: ProtocolError) -> None:
+        ERRORS.labels("gateway", error.code.value).inc()
+        with contextlib.suppress(*_SOCKET_GONE, RuntimeError):  # a client that left learns nothing
+            await self._send(error.event())
+
+    async def _settle(self) -> None:
+        """Wait until the session's audio is all on the bus or lost; its offset is then the end of what the bus holds."""
+        if self._publisher is not None:
+            await self._publisher.drain()
+            self.state.offset = self._publisher.confirmed_offset
 
     async def _publish_tail(self) -> None:
-        """What the converter still holds: the session's last samples, published before its stop."""
+        """What the converter still holds, the session's last samples, then the wait for all its audio to be acked."""
         tail = self.state.tail()
-        if tail is not None:
-            await self._publish(tail)
+        if tail is not None and self._publisher is not None:
+            await self._publisher.put(tail.pcm)
+        await self._settle()
 
-    async def _publish(self, record: AudioChunk | SessionStop) -> None:
+    async def _publish(self, record: SessionStop) -> None:
         await self.gateway.publish(record)
         self.state.commit(record)
 
     async def _stop(self) -> None:
         async with self._publishing:
-            # A tail that could not be published is lost like any frame; the client's next stop sends no tail.
+            # The stop goes out once every chunk before it was acked or lost: it is the session's last record.
             await self._publish_tail()
             stop = self.state.stop()
             await self._publish(stop)
@@ -488,6 +665,7 @@ class _SessionSocket:
         if self._subscription is not None:
             self.gateway.fanout.unsubscribe(self._subscription)
             self._subscription = None
+        self._close_publisher()
         self._report = None
         if self.state.session_id is not None:
             self.gateway.release_session(self.state.session_id)
@@ -499,6 +677,9 @@ class _SessionSocket:
         """The socket is gone: hold its open session for a resume, or close it on the bus so the workers do not wait."""
         if self.state.active and not self.state.stopped and self.gateway.settings.resume_grace_s > 0:
             async with self._publishing:
+                # A resume continues from what reached the bus: the audio in flight is acked (or lost) first.
+                await self._settle()
+                self._close_publisher()
                 state = self.state
                 self.state = GatewaySession(self.gateway.id, self.gateway.settings.max_frame_bytes)
             assert state.session_id is not None
@@ -525,6 +706,8 @@ class _SessionSocket:
 
     async def _send(self, event: ServerEvent) -> None:
         async with self._send_lock:
+            if self._closed:
+                raise WebSocketDisconnect(_CLOSE_RESTART)
             await self.ws.send_text(event.to_json())
 
 
@@ -632,7 +815,8 @@ async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: 
         if caller.by_message:
             await websocket.send_text(_authenticated(caller.principal).to_json())
         log.info("subscriber watching session %s", session_id)
-        tasks = {asyncio.create_task(forward(subscription)), asyncio.create_task(until_disconnect())}
+        stopping = asyncio.create_task(gateway.stopping.wait())
+        tasks = {asyncio.create_task(forward(subscription)), asyncio.create_task(until_disconnect()), stopping}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -641,6 +825,10 @@ async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: 
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, *_SOCKET_GONE):
                     await task
+        if stopping.done() and not stopping.cancelled():
+            # Nothing else sends on the socket any more.
+            with contextlib.suppress(Exception):
+                await websocket.close(_CLOSE_RESTART, "gateway shutting down")
         log.info("subscriber of session %s left", session_id)
 
 
@@ -657,7 +845,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
         if keys is not None:
             await keys.start()
-        producer = new_producer(settings.kafka, settings.kafka_security)
+        # The producer's batches wait this long for a partition leader (a broker restarting) before they fail.
+        producer = new_producer(
+            settings.kafka, settings.kafka_security, request_timeout_ms=int(settings.gateway_publish_timeout_s * 1000)
+        )
         fanout = ResultFanout(settings.kafka, security=settings.kafka_security)
         try:
             await producer.start()
@@ -780,8 +971,39 @@ def server_config(settings: Settings, app: FastAPI | None = None, **overrides: o
     return uvicorn.Config(app if app is not None else create_app(settings), **options)  # type: ignore[arg-type]
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, except that a stopping gateway closes its sockets itself (1012) and waits for the replies.
+
+    uvicorn's own shutdown writes a close frame and drops the TCP connection at once. A client still
+    streaming audio then has data unread on the gateway's side (uvicorn stops reading a socket between
+    the messages the application reads), so the kernel answers with a reset, and a browser that gets the
+    reset before it has read the close frame reports 1006 instead of 1012. Closed by the application,
+    the socket is read (and its messages dropped) until the client echoes the close.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        gateway: Gateway | None = self.app.state.gateway
+        if gateway is not None and not self.force_exit:
+            for server in self.servers:
+                server.close()  # no new connections while the old ones close
+            gateway.stopping.set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CLOSE_HANDSHAKE_S
+            websocket_protocol = self.config.ws_protocol_class
+            while loop.time() < deadline and websocket_protocol is not None:
+                if not any(isinstance(c, websocket_protocol) for c in self.server_state.connections):
+                    break
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+
 def serve(settings: Settings) -> None:
     """Run the gateway until interrupted."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(server_config(settings)).run()
+    app = create_app(settings)
+    GatewayServer(server_config(settings, app), app).run()

@@ -13,6 +13,7 @@ import websockets
 from pipeline.gateway.audio_input import BUS_FORMAT, Encoding
 from pipeline.gateway.protocol import ReportEvent
 from pipeline.producers.chunking import Pacer, pcm_frames
+from pipeline.producers.gateway_http import bearer_headers
 from topics import SessionReport
 from topics.messages import SAMPLE_RATE
 
@@ -36,6 +37,7 @@ async def stream_session(
     max_speakers: int | None = None,
     sample_rate: int = BUS_FORMAT.sample_rate,
     encoding: Encoding | str = BUS_FORMAT.encoding,
+    api_key: str | None = None,
 ) -> dict:
     """Run one session over `url` (ws://HOST:PORT/ws/session); return the report event.
 
@@ -43,7 +45,8 @@ async def stream_session(
     frames of `chunk_samples` (default 0.2 s). The format is named in the start only when it is not
     the bus's. Without `session_id` the gateway picks one. The speaker counts not given (None) are
     not sent: the gateway's defaults apply. In real time, `speed` times as fast as spoken.
-    An error event fails the session. `on_sent` is called after each frame with the samples sent so
+    An error event fails the session. `api_key` is sent in the handshake (an Authorization header);
+    None for an open gateway. `on_sent` is called after each frame with the samples sent so
     far (at `sample_rate`): when each part of the audio left, for a measure of how late updates come.
     """
     encoding = Encoding(encoding)
@@ -51,7 +54,7 @@ async def stream_session(
     if np.issubdtype(pcm.dtype, np.floating) != floats:
         raise ValueError(f"{encoding} is sent from {'float' if floats else 'int16'} samples, not {pcm.dtype}")
     chunk_samples = chunk_samples or sample_rate // 5
-    async with websockets.connect(url, max_size=2**22) as socket:
+    async with websockets.connect(url, max_size=2**22, additional_headers=bearer_headers(api_key)) as socket:
         fields = {
             "num_speakers": num_speakers,
             "min_speakers": min_speakers,

@@ -43,15 +43,25 @@ def multipart(fields: dict[str, str], files: list[tuple[str, Path]]) -> tuple[by
     return bytes(body), f"multipart/form-data; boundary={boundary}"
 
 
+def bearer_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries a credential (an API key or a JWT) to the gateway; none without one."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class GatewayHttp:
-    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+    """`api_key` (SPEAKERFLOW_API_KEY for the CLI) is sent with every request; None for an open gateway."""
+
+    def __init__(self, url: str, timeout_s: float = 120.0, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.api_key = api_key
 
     def _call(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, raw: bool = False
     ) -> Any:
-        request = urllib.request.Request(self.url + path, data=body, method=method)
+        request = urllib.request.Request(
+            self.url + path, data=body, method=method, headers=bearer_headers(self.api_key)
+        )
         if content_type:
             request.add_header("Content-Type", content_type)
         try:
