@@ -481,6 +481,16 @@ def _add_speaker_counts(command: argparse.ArgumentParser, whose: str = "the sess
     )
 
 
+def _described_parser(commands, name: str, help: str, *paragraphs: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with these paragraphs, each wrapped to 100 columns."""
+    return commands.add_parser(
+        name,
+        help=help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(textwrap.fill(paragraph, 100) for paragraph in paragraphs),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speakerflow",
@@ -576,26 +586,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scale.set_defaults(run=_scale_out)
 
-    capacity = commands.add_parser(
+    capacity = _described_parser(
+        commands,
         "capacity",
-        help="how many real-time sessions a fresh stack holds: a ramp of live sessions through its gateway",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="\n\n".join(
-            textwrap.fill(paragraph, 100)
-            for paragraph in (
-                "Start a fresh stack (broker, workers, gateway, in a temporary directory) and ramp concurrent "
-                "real-time sessions through its gateway, as seed-protocol WebSocket clients stream them, from a separate "
-                "client process. Each step prints one row: the update delay (when a speaker event arrived minus when the "
-                "audio up to the position it describes was sent, so it includes the profile's latency) at p50/p95/p99, "
-                "the time from stop to report (max, p95), what was lost, the CPU seconds per wall second of each process, "
-                "the stage workers' resident memory (peak, and its growth over the idle stack per session), and the "
-                "changelog bytes written per session-second, read back from the broker.",
-                "A step is HELD when the p95 update delay is at most the profile's latency + 0.5 s, every report came "
-                "within 3 s of its stop, and nothing was lost (no session without a report, no error event, no update "
-                "dropped, no update step without an update). The ramp stops after the first step not held (unless "
-                "--keep-going) and ends with the largest number of sessions held. docs/scaling.md explains the table.",
-            )
-        ),
+        "how many real-time sessions a fresh stack holds: a ramp of live sessions through its gateway",
+        "Start a fresh stack (broker, workers, gateway, in a temporary directory) and ramp concurrent "
+        "real-time sessions through its gateway, as seed-protocol WebSocket clients stream them, from a separate "
+        "client process. Each step prints one row: the update delay (when a speaker event arrived minus when the "
+        "audio up to the position it describes was sent, so it includes the profile's latency) at p50/p95/p99, "
+        "the time from stop to report (max, p95), what was lost, the CPU seconds per wall second of each process, "
+        "the stage workers' resident memory (peak, and its growth over the idle stack per session), and the "
+        "changelog bytes written per session-second, read back from the broker.",
+        "A step is HELD when the p95 update delay is at most the profile's latency + 0.5 s, every report came "
+        "within 3 s of its stop, and nothing was lost (no session without a report, no error event, no update "
+        "dropped, no update step without an update). The ramp stops after the first step not held (unless "
+        "--keep-going) and ends with the largest number of sessions held. docs/scaling.md explains the table.",
     )
     capacity.add_argument(
         "files",
@@ -625,25 +630,20 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--json", type=Path, metavar="FILE", help="write every figure of every step here as JSON")
     capacity.set_defaults(run=_capacity)
 
-    soak = commands.add_parser(
+    soak = _described_parser(
+        commands,
         "soak",
-        help="hold live sessions on a fresh stack for minutes; memory per process over time, lag, errors, losses",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="\n\n".join(
-            textwrap.fill(paragraph, 100)
-            for paragraph in (
-                "Start a fresh stack (broker, workers, gateway, in a temporary directory) and hold --sessions live "
-                "sessions through its gateway for --minutes: each client streams one recording after another in real "
-                "time (the dev set's, cut to --seconds, or the FILEs given), starting the next when the last one's "
-                "report has come. Every --interval seconds it samples the resident memory of every process and each "
-                "stage's consumer lag and error counters from /metrics.",
-                "At the end it prints memory per process at every sample, each process's growth from the first "
-                "sample after the warm-up (the first round of sessions) to the last, the peak lag, the errors counted "
-                "and what was lost (sessions without a report, error events, updates dropped, update steps without an "
-                "update). It exits 1 when a stack process grew more than 5 %, anything was lost or an error was "
-                "counted; the Kafka broker's memory is shown but not judged. docs/reliability.md has the figures.",
-            )
-        ),
+        "hold live sessions on a fresh stack for minutes; memory per process over time, lag, errors, losses",
+        "Start a fresh stack (broker, workers, gateway, in a temporary directory) and hold --sessions live "
+        "sessions through its gateway for --minutes: each client streams one recording after another in real "
+        "time (the dev set's, cut to --seconds, or the FILEs given), starting the next when the last one's "
+        "report has come. Every --interval seconds it samples the resident memory of every process and each "
+        "stage's consumer lag and error counters from /metrics.",
+        "At the end it prints memory per process at every sample, each process's growth from the first "
+        "sample after the warm-up (the first round of sessions) to the last, the peak lag, the errors counted "
+        "and what was lost (sessions without a report, error events, updates dropped, update steps without an "
+        "update). It exits 1 when a stack process grew more than 5 %, anything was lost or an error was "
+        "counted; the Kafka broker's memory is shown but not judged. docs/reliability.md has the figures.",
     )
     soak.add_argument("files", nargs="*", type=Path, metavar="FILE", help="WAV/FLAC to stream (default: the dev set)")
     soak.add_argument("--minutes", type=float, required=True, help="how long to hold the sessions")

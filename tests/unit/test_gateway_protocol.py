@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +311,9 @@ def test_result_events_have_the_protocol_shape():
         "code": "bad_json",
         "message": "nope",
     }
+
+
+def test_the_protocol_doc_lists_every_error_code_and_no_other():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", doc, flags=re.MULTILINE))
+    assert listed == {code.value for code in ErrorCode}
