@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from topics.messages import SCHEMA_HEADER, SCHEMA_VERSION, TYPE_HEADER, DecodeError, Headers
+from topics.compacted_records import decode_record, record_headers
+from topics.messages import DecodeError, Headers
 
 # What a credential may do at the gateway. `admin` holds every other scope of its tenant.
 Scope = Literal["ingest", "subscribe", "speakers", "jobs", "admin"]
@@ -45,17 +46,13 @@ class ApiKeyRecord(BaseModel):
     created_ms: int = Field(ge=0, description="when it was created (Unix time, ms)")
 
 
-def _headers() -> Headers:
-    return [(TYPE_HEADER, ApiKeyRecord.TYPE.encode()), (SCHEMA_HEADER, str(SCHEMA_VERSION).encode())]
-
-
 def encode_api_key(record: ApiKeyRecord) -> tuple[bytes, bytes, Headers]:
-    return record.key_id.encode(), record.model_dump_json().encode(), _headers()
+    return record.key_id.encode(), record.model_dump_json().encode(), record_headers(ApiKeyRecord)
 
 
 def encode_api_key_revocation(key_id: str) -> tuple[bytes, None, Headers]:
     """The tombstone that revokes a key."""
-    return key_id.encode(), None, _headers()
+    return key_id.encode(), None, record_headers(ApiKeyRecord)
 
 
 def decode_api_key(
@@ -64,16 +61,9 @@ def decode_api_key(
     """The record (None: a revocation); raise DecodeError naming what is wrong."""
     if not key:
         raise DecodeError("api key record has no key (key id)")
-    header_map = dict(headers.items() if isinstance(headers, Mapping) else headers)
-    raw_type = header_map.get(TYPE_HEADER)
-    if raw_type is not None and raw_type != ApiKeyRecord.TYPE.encode():
-        raise DecodeError(f"{raw_type!r} record on the api key topic")
-    if value is None:
+    record = decode_record(ApiKeyRecord, value, headers, "api key")
+    if record is None:
         return None
-    try:
-        record = ApiKeyRecord.model_validate_json(value)
-    except ValidationError as exc:
-        raise DecodeError(f"malformed {ApiKeyRecord.TYPE}: {exc}") from exc
     if record.key_id.encode() != key:
         raise DecodeError(f"api key {record.key_id} carried under key {key!r}")
     return record

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from topics.messages import SCHEMA_HEADER, SCHEMA_VERSION, TYPE_HEADER, DecodeError, Headers, SessionId
+from topics.compacted_records import decode_record, record_headers
+from topics.messages import DecodeError, Headers, SessionId
 from topics.speaker_profiles import DEFAULT_TENANT, ProfileId, Tenant
 
 JobStatus = Literal["running", "done", "failed"]
@@ -68,16 +69,12 @@ class BatchJob(BaseModel):
         return done / total if total else 1.0
 
 
-def _headers() -> Headers:
-    return [(TYPE_HEADER, BatchJob.TYPE.encode()), (SCHEMA_HEADER, str(SCHEMA_VERSION).encode())]
-
-
 def encode_job(job: BatchJob) -> tuple[bytes, bytes, Headers]:
-    return job.key, job.model_dump_json().encode(), _headers()
+    return job.key, job.model_dump_json().encode(), record_headers(BatchJob)
 
 
 def encode_job_tombstone(key: bytes) -> tuple[bytes, None, Headers]:
-    return key, None, _headers()
+    return key, None, record_headers(BatchJob)
 
 
 def decode_job(
@@ -86,16 +83,9 @@ def decode_job(
     """The job of a record (None: a tombstone); raise DecodeError naming what is wrong."""
     if not key:
         raise DecodeError("job record has no key (tenant/job id)")
-    header_map = dict(headers.items() if isinstance(headers, Mapping) else headers)
-    raw_type = header_map.get(TYPE_HEADER)
-    if raw_type is not None and raw_type != BatchJob.TYPE.encode():
-        raise DecodeError(f"{raw_type!r} record on the job topic")
-    if value is None:
+    job = decode_record(BatchJob, value, headers, "job")
+    if job is None:
         return None
-    try:
-        job = BatchJob.model_validate_json(value)
-    except ValidationError as exc:
-        raise DecodeError(f"malformed {BatchJob.TYPE}: {exc}") from exc
     if job.key != key:
         raise DecodeError(f"job {job.key!r} carried under key {key!r}")
     return job

@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Annotated, ClassVar, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from topics.messages import DEFAULT_TENANT, SCHEMA_HEADER, SCHEMA_VERSION, TYPE_HEADER, DecodeError, Headers, Tenant
+from topics.compacted_records import decode_record, record_headers
+from topics.messages import DEFAULT_TENANT, DecodeError, Headers, Tenant
 
 ProfileId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
@@ -79,38 +80,24 @@ class ProfileKey(NamedTuple):
         return cls(tenant, profile_id)
 
 
-def _headers() -> Headers:
-    return [(TYPE_HEADER, SpeakerProfile.TYPE.encode()), (SCHEMA_HEADER, str(SCHEMA_VERSION).encode())]
-
-
 def encode_profile(profile: SpeakerProfile) -> tuple[bytes, bytes, Headers]:
     """(key, value, headers) of the record that creates or replaces the profile."""
-    return profile.key.encode(), profile.model_dump_json().encode(), _headers()
+    return profile.key.encode(), profile.model_dump_json().encode(), record_headers(SpeakerProfile)
 
 
 def encode_tombstone(key: ProfileKey) -> tuple[bytes, None, Headers]:
     """(key, None, headers): the record that deletes the profile."""
-    return key.encode(), None, _headers()
+    return key.encode(), None, record_headers(SpeakerProfile)
 
 
 def decode_profile(
     key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] = ()
 ) -> tuple[ProfileKey, SpeakerProfile | None]:
-    """The record's profile key and profile (None: a tombstone); raise DecodeError naming what is wrong.
-
-    Headers are checked when present: a compacted topic read by a Faust table hands over key and value only.
-    """
+    """The record's profile key and profile (None: a tombstone); raise DecodeError naming what is wrong."""
     profile_key = ProfileKey.decode(key)
-    header_map = dict(headers.items() if isinstance(headers, Mapping) else headers)
-    raw_type = header_map.get(TYPE_HEADER)
-    if raw_type is not None and raw_type != SpeakerProfile.TYPE.encode():
-        raise DecodeError(f"{raw_type!r} record on the profile topic")
-    if value is None:
+    profile = decode_record(SpeakerProfile, value, headers, "profile")
+    if profile is None:
         return profile_key, None
-    try:
-        profile = SpeakerProfile.model_validate_json(value)
-    except ValidationError as exc:
-        raise DecodeError(f"malformed {SpeakerProfile.TYPE}: {exc}") from exc
     if profile.key != profile_key:
         raise DecodeError(f"profile {profile.key} carried under key {profile_key}")
     return profile_key, profile

@@ -5,6 +5,7 @@
 
 import { AuthError } from "./auth.js";
 import { confirmDialog } from "./confirm-dialog.js";
+import { appendError, hideErrors } from "./error-box.js";
 import { downloadLink, GatewayError, JOB_EXPORT_FORMATS, jobExportUrl, jobPath, requestJson } from "./gateway.js";
 import { serverEvents } from "./server-events.js";
 import { drawTimeline, formatClock, speakerColour } from "./timeline.js";
@@ -38,16 +39,11 @@ export class JobsPanel {
   }
 
   showError(text) {
-    const box = this.part("jobs-error");
-    if (box.hidden) box.replaceChildren();
-    const line = document.createElement("p");
-    line.textContent = text;
-    box.append(line);
-    box.hidden = false;
+    appendError(this.part("jobs-error"), text);
   }
 
   clearError() {
-    this.part("jobs-error").hidden = true;
+    hideErrors(this.part("jobs-error"));
   }
 
   async submit() {

@@ -3,6 +3,7 @@
 
 import { AudioSource, AudioSourceError } from "./audio-source.js";
 import { forget, socketUrl } from "./auth.js";
+import { appendError, hideErrors } from "./error-box.js";
 import { closeProblem, sessionSocketUrl } from "./gateway.js";
 import { SessionView } from "./session-view.js";
 
@@ -54,18 +55,12 @@ export class LivePanel {
     }
   }
 
-  // Errors pile up until the next start: a refusal and the close that follows both stay readable.
   showError(text) {
-    const box = this.part("live-error");
-    if (box.hidden) box.replaceChildren();
-    const line = document.createElement("p");
-    line.textContent = text;
-    box.append(line);
-    box.hidden = false;
+    appendError(this.part("live-error"), text);
   }
 
   clearError() {
-    this.part("live-error").hidden = true;
+    hideErrors(this.part("live-error"));
   }
 
   async start() {

@@ -6,6 +6,7 @@
 import { AudioSourceError } from "./audio-source.js";
 import { ClipRecorder } from "./clip-recorder.js";
 import { confirmDialog } from "./confirm-dialog.js";
+import { appendError, hideErrors } from "./error-box.js";
 import { requestJson, speakerPath } from "./gateway.js";
 
 // The least speech the gateway enrols from (speaker_enrolment.py EnrolmentConfig.min_speech_s):
@@ -39,16 +40,11 @@ export class SpeakersPanel {
   }
 
   showError(text) {
-    const box = this.part("speakers-error");
-    if (box.hidden) box.replaceChildren();
-    const line = document.createElement("p");
-    line.textContent = text;
-    box.append(line);
-    box.hidden = false;
+    appendError(this.part("speakers-error"), text);
   }
 
   clearError() {
-    this.part("speakers-error").hidden = true;
+    hideErrors(this.part("speakers-error"));
   }
 
   busy(on) {

@@ -2,6 +2,7 @@
 // /ws/sessions/{id}/events socket exactly as the Live tab draws its own.
 
 import { forget, socketUrl } from "./auth.js";
+import { appendError } from "./error-box.js";
 import { closeProblem, eventsSocketUrl, finishedReport, runningSessions, SESSION_ID_PATTERN } from "./gateway.js";
 import { SessionView } from "./session-view.js";
 
@@ -36,14 +37,8 @@ export class WatchPanel {
     this.part("watch-status").textContent = text;
   }
 
-  // Errors pile up until the next start: a refusal and the close that follows both stay readable.
   showError(text) {
-    const box = this.part("watch-error");
-    if (box.hidden) box.replaceChildren();
-    const line = document.createElement("p");
-    line.textContent = text;
-    box.append(line);
-    box.hidden = false;
+    appendError(this.part("watch-error"), text);
   }
 
   async refreshList() {
