@@ -98,6 +98,10 @@ class Settings:
     auth_jwt_secret: str | None = field(default=None, repr=False)
     # A JWKS (JSON) of the public keys RS256/ES256 JWTs are verified against; None: such tokens are refused.
     auth_jwks_file: Path | None = None
+    # When set, a JWT from outside (any but the gateway's own tokens) must name this issuer (`iss`) and
+    # hold this audience (`aud`): an identity provider signs tokens for many services with one key.
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
     # The credential the CLI's gateway clients (`speakerflow stream`, `speakers`, `job`) send as a bearer token.
     api_key: str | None = field(default=None, repr=False)
     # Lifetime of the tokens POST /v1/tokens issues (the ones browsers put in a socket's query string).
@@ -160,6 +164,8 @@ class Settings:
             auth_mode=_auth_mode(get("AUTH_MODE") or defaults.auth_mode),
             auth_jwt_secret=get("AUTH_JWT_SECRET"),
             auth_jwks_file=_path(get("AUTH_JWKS_FILE")),
+            auth_jwt_issuer=get("AUTH_JWT_ISSUER"),
+            auth_jwt_audience=get("AUTH_JWT_AUDIENCE"),
             api_key=get("API_KEY"),
             auth_token_ttl_s=float(get("AUTH_TOKEN_TTL_S") or defaults.auth_token_ttl_s),
             quota_max_sessions=int(get("QUOTA_MAX_SESSIONS") or defaults.quota_max_sessions),
@@ -204,6 +210,8 @@ class Settings:
             "AUTH_MODE": self.auth_mode,
             "AUTH_JWT_SECRET": self.auth_jwt_secret or "",
             "AUTH_JWKS_FILE": _text(self.auth_jwks_file),
+            "AUTH_JWT_ISSUER": self.auth_jwt_issuer or "",
+            "AUTH_JWT_AUDIENCE": self.auth_jwt_audience or "",
             "API_KEY": self.api_key or "",
             "AUTH_TOKEN_TTL_S": repr(self.auth_token_ttl_s),
             "QUOTA_MAX_SESSIONS": str(self.quota_max_sessions),

@@ -9,19 +9,21 @@ verification costs. The comparison is constant-time.
 
 Every gateway reads the topic whole at start and follows it (:class:`ApiKeyStore`, a
 `CompactedView`), so a key created or revoked on one reaches all of them within the view's
-poll (about a second). A revoked key's already open sockets are not closed: it is refused at
-its next request or connection.
+poll (about a second). A revoked key's open sockets, and those of the tokens issued for it, are
+then closed (`watch_revocation`), and those tokens are refused from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -95,17 +97,46 @@ class ApiKeyStore(CompactedView):
     """A gateway's copy of the key topic; `verify` finds the record a presented key proves."""
 
     def __init__(self, bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> None:
-        super().__init__(bootstrap, API_KEYS, security)
+        super().__init__(bootstrap, API_KEYS, security, on_change=self._on_change)
+        self._watchers: dict[str, set[asyncio.Event]] = {}
 
-    def verify(self, key: ApiKey) -> ApiKeyRecord | None:
-        """The key's record if it exists (not revoked) and the secret matches; else None."""
-        value = self.records.get(key.key_id.encode())
+    def is_live(self, key_id: str) -> bool:
+        """Whether the key exists and is not revoked."""
+        return self._record(key_id) is not None
+
+    @contextlib.contextmanager
+    def watch_revocation(self, key_id: str) -> Iterator[asyncio.Event]:
+        """An event set once the key is revoked, while the block runs (at once if it is gone already)."""
+        revoked = asyncio.Event()
+        if not self.is_live(key_id):
+            revoked.set()
+        watchers = self._watchers.setdefault(key_id, set())
+        watchers.add(revoked)
+        try:
+            yield revoked
+        finally:
+            watchers.discard(revoked)
+            if not watchers:
+                del self._watchers[key_id]
+
+    def _on_change(self, key: bytes, value: bytes | None) -> None:
+        key_id = key.decode(errors="replace")
+        if key_id in self._watchers and not self.is_live(key_id):
+            for revoked in self._watchers[key_id]:
+                revoked.set()
+
+    def _record(self, key_id: str) -> ApiKeyRecord | None:
+        value = self.records.get(key_id.encode())
         if value is None:
             return None
         try:
-            record = decode_api_key(key.key_id.encode(), value)
+            return decode_api_key(key_id.encode(), value)
         except DecodeError:
             return None
+
+    def verify(self, key: ApiKey) -> ApiKeyRecord | None:
+        """The key's record if it exists (not revoked) and the secret matches; else None."""
+        record = self._record(key.key_id)
         if record is None or not hmac.compare_digest(secret_sha256(key.secret), record.secret_sha256):
             return None
         return record

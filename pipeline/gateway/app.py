@@ -395,10 +395,11 @@ class _SessionSocket:
         # The running session's audio on its way to the bus; None while no session runs.
         self._publisher: _AudioPublisher | None = None
 
-    async def run(self) -> None:
+    async def run(self, revoked: asyncio.Event) -> None:
         if not self.caller.accepted:
             await self.ws.accept()
         stopping = asyncio.create_task(self._close_when_stopping())
+        revoking = asyncio.create_task(self._close_when_revoked(revoked))
         try:
             if self.caller.by_message:
                 await self._send(_authenticated(self.principal))
@@ -419,12 +420,20 @@ class _SessionSocket:
             pass
         finally:
             stopping.cancel()
+            revoking.cancel()
             await self._abandon()
 
     async def _close_when_stopping(self) -> None:
         await self.gateway.stopping.wait()
         # The receive loop then reads the disconnect, and the session is held for a resume elsewhere.
         await self._close(_CLOSE_RESTART, "gateway shutting down")
+
+    async def _close_when_revoked(self, revoked: asyncio.Event) -> None:
+        await revoked.wait()
+        # As a dropped connection: the session is held, but only a valid credential may resume it.
+        with contextlib.suppress(*_SOCKET_GONE):
+            await self._send(_revoked_error().event())
+        await self._close(_CLOSE_POLICY, ErrorCode.INVALID_CREDENTIAL.value)
 
     async def _on_action(self, text: str) -> None:
         action = parse_action(text)
@@ -720,6 +729,10 @@ class _SocketCaller:
     by_message: bool
 
 
+def _revoked_error() -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_CREDENTIAL, "the API key of this connection was revoked")
+
+
 def _authenticated(principal: Principal) -> AuthenticatedEvent:
     return AuthenticatedEvent(tenant=principal.tenant, scopes=principal.granted)
 
@@ -786,7 +799,9 @@ async def _authenticate_socket(gateway: Gateway, websocket: WebSocket, scope: st
     return _SocketCaller(principal, accepted, by_message)
 
 
-async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: str, caller: _SocketCaller) -> None:
+async def _serve_subscriber(
+    gateway: Gateway, websocket: WebSocket, session_id: str, caller: _SocketCaller, revoked: asyncio.Event
+) -> None:
     try:
         _SESSION_ID.validate_python(session_id)
     except ValidationError:
@@ -816,7 +831,13 @@ async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: 
             await websocket.send_text(_authenticated(caller.principal).to_json())
         log.info("subscriber watching session %s", session_id)
         stopping = asyncio.create_task(gateway.stopping.wait())
-        tasks = {asyncio.create_task(forward(subscription)), asyncio.create_task(until_disconnect()), stopping}
+        revoking = asyncio.create_task(revoked.wait())
+        tasks = {
+            asyncio.create_task(forward(subscription)),
+            asyncio.create_task(until_disconnect()),
+            stopping,
+            revoking,
+        }
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -829,6 +850,8 @@ async def _serve_subscriber(gateway: Gateway, websocket: WebSocket, session_id: 
             # Nothing else sends on the socket any more.
             with contextlib.suppress(Exception):
                 await websocket.close(_CLOSE_RESTART, "gateway shutting down")
+        elif revoking.done() and not revoking.cancelled():
+            await _refuse_socket(websocket, _revoked_error(), accepted=True)
         log.info("subscriber of session %s left", session_id)
 
 
@@ -841,7 +864,13 @@ def create_app(settings: Settings) -> FastAPI:
         # Only a gateway that asks for credentials reads the keys (the whole topic, before serving).
         keys = ApiKeyStore(settings.kafka, settings.kafka_security) if settings.auth_mode == "required" else None
         auth = Authenticator(
-            settings.auth_mode, keys, settings.auth_jwt_secret, settings.auth_jwks_file, settings.auth_token_ttl_s
+            settings.auth_mode,
+            keys,
+            settings.auth_jwt_secret,
+            settings.auth_jwks_file,
+            settings.auth_token_ttl_s,
+            jwt_issuer=settings.auth_jwt_issuer,
+            jwt_audience=settings.auth_jwt_audience,
         )
         if keys is not None:
             await keys.start()
@@ -925,7 +954,10 @@ def create_app(settings: Settings) -> FastAPI:
         caller = await _authenticate_socket(gateway, websocket, "subscribe")
         if caller is not None:
             await _serve_counted(
-                gateway, websocket, caller, lambda: _serve_subscriber(gateway, websocket, session_id, caller)
+                gateway,
+                websocket,
+                caller,
+                lambda revoked: _serve_subscriber(gateway, websocket, session_id, caller, revoked),
             )
 
     app.include_router(sessions_api.router)
@@ -935,8 +967,13 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _serve_counted(gateway: Gateway, websocket: WebSocket, caller: _SocketCaller, serve_socket) -> None:
-    """Serve an authenticated socket within its tenant's connection quota."""
+async def _serve_counted(
+    gateway: Gateway,
+    websocket: WebSocket,
+    caller: _SocketCaller,
+    serve_socket: Callable[[asyncio.Event], Awaitable[None]],
+) -> None:
+    """Serve an authenticated socket within its tenant's connection quota, until its API key is revoked."""
     tenant = caller.principal.tenant
     try:
         gateway.quotas.connect(tenant)
@@ -944,8 +981,8 @@ async def _serve_counted(gateway: Gateway, websocket: WebSocket, caller: _Socket
         await _refuse_socket(websocket, exc, caller.accepted)
         return
     try:
-        with GATEWAY_CONNECTIONS.track_inprogress():
-            await serve_socket()
+        with GATEWAY_CONNECTIONS.track_inprogress(), gateway.auth.watch_revocation(caller.principal) as revoked:
+            await serve_socket(revoked)
     finally:
         gateway.quotas.disconnect(tenant)
 

@@ -19,6 +19,8 @@ is handed in, the clock is injectable, so every decision is tested without a bro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -47,6 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TOKEN_ISSUER = "speakerflow-gateway"
+_KEY_SUBJECT = "key:"  # an API key's principal is `key:<key id>`, and so is a token issued for it
 _TENANT = re.compile(r"[A-Za-z0-9._-]{1,64}")  # topics.api_keys.CredentialTenant
 _ASYMMETRIC = ("RS256", "ES256")
 # Clock skew allowed between the token's issuer and this gateway.
@@ -80,6 +83,9 @@ class Principal:
     subject: str
     kind: str  # "open", "api_key", "jwt"
     expires_at: float | None = None  # Unix time; None: the credential does not expire
+    # The API key behind it: the key itself, or a token this deployment issued for the key. Revoking
+    # the key ends what it authenticated.
+    key_id: str | None = None
 
     @property
     def open(self) -> bool:
@@ -133,20 +139,36 @@ def _scopes(claim: object) -> frozenset[str]:
 class JwtVerifier:
     """Checks a JWT's signature, expiry and claims: HS256 under the secret, RS256/ES256 under the JWKS's keys."""
 
-    def __init__(self, secret: str, jwks: jwt.PyJWKSet | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        secret: str,
+        jwks: jwt.PyJWKSet | None = None,
+        clock: Callable[[], float] = time.time,
+        issuer: str | None = None,
+        audience: str | None = None,
+    ) -> None:
         self.secret = secret
         self.jwks = jwks
         self.clock = clock
+        self.issuer = issuer
+        self.audience = audience
 
     @classmethod
-    def from_file(cls, secret: str, jwks_file: Path | None, clock: Callable[[], float] = time.time) -> JwtVerifier:
+    def from_file(
+        cls,
+        secret: str,
+        jwks_file: Path | None,
+        clock: Callable[[], float] = time.time,
+        issuer: str | None = None,
+        audience: str | None = None,
+    ) -> JwtVerifier:
         jwks = None
         if jwks_file is not None:
             try:
                 jwks = jwt.PyJWKSet.from_json(jwks_file.read_text())
             except (OSError, jwt.PyJWKSetError, json.JSONDecodeError) as exc:
                 raise ValueError(f"SPEAKERFLOW_AUTH_JWKS_FILE={jwks_file}: not a readable JWKS ({exc})") from exc
-        return cls(secret, jwks, clock)
+        return cls(secret, jwks, clock, issuer, audience)
 
     def _key(self, header: dict) -> object:
         algorithm = header.get("alg")
@@ -166,6 +188,14 @@ class JwtVerifier:
             raise invalid(f"no {algorithm} key {kid!r} in the JWKS")
         return candidates[0].key
 
+    def _check_origin(self, claims: dict) -> None:
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            raise invalid(f"the token's issuer is not {self.issuer!r}")
+        audience = claims.get("aud")
+        audiences = [audience] if isinstance(audience, str) else audience if isinstance(audience, list) else []
+        if self.audience is not None and self.audience not in audiences:
+            raise invalid(f"the token is not for the audience {self.audience!r}")
+
     def verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
@@ -184,10 +214,22 @@ class JwtVerifier:
             raise invalid(f"the token is not valid: {exc}") from None
         if claims["exp"] + _LEEWAY_S < self.clock():
             raise invalid("the token has expired")
+        own = header["alg"] == "HS256" and claims.get("iss") == TOKEN_ISSUER  # this deployment's browser tokens
+        if not own:
+            self._check_origin(claims)
         tenant = claims.get("tenant")
         if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
             raise invalid("the token's tenant claim is missing or not a tenant name ([A-Za-z0-9._-], 1-64)")
-        return Principal(tenant, _scopes(claims.get("scope")), str(claims["sub"]), "jwt", float(claims["exp"]))
+        subject = str(claims["sub"])
+        key_id = subject.removeprefix(_KEY_SUBJECT) if claims.get("iss") == TOKEN_ISSUER else None
+        return Principal(
+            tenant,
+            _scopes(claims.get("scope")),
+            subject,
+            "jwt",
+            float(claims["exp"]),
+            key_id if key_id != subject else None,
+        )
 
 
 class Authenticator:
@@ -201,6 +243,8 @@ class Authenticator:
         jwks_file: Path | None = None,
         token_ttl_s: float = 300.0,
         clock: Callable[[], float] = time.time,
+        jwt_issuer: str | None = None,
+        jwt_audience: str | None = None,
     ) -> None:
         self.mode = mode
         self.keys = keys
@@ -210,7 +254,7 @@ class Authenticator:
                 "which no other gateway accepts"
             )
         self.token_secret = jwt_secret or secrets.token_urlsafe(32)
-        self.jwts = JwtVerifier.from_file(self.token_secret, jwks_file, clock)
+        self.jwts = JwtVerifier.from_file(self.token_secret, jwks_file, clock, jwt_issuer, jwt_audience)
         self.token_ttl_s = token_ttl_s
         self.clock = clock
 
@@ -232,6 +276,8 @@ class Authenticator:
                 raise invalid("an API key is never taken in a URL; exchange it for a token at POST /v1/tokens")
             return self._api_key(credential)
         principal = self.jwts.verify(credential)
+        if principal.key_id is not None and (self.keys is None or not self.keys.is_live(principal.key_id)):
+            raise invalid("the token was issued for an API key that has since been revoked")
         if from_query and (
             principal.expires_at is None or principal.expires_at - self.clock() > self.token_ttl_s + _LEEWAY_S
         ):
@@ -246,7 +292,15 @@ class Authenticator:
         record = self.keys.verify(key) if self.keys is not None else None
         if record is None:
             raise invalid("unknown or revoked API key")
-        return Principal(record.tenant, frozenset(record.scopes), f"key:{record.key_id}", "api_key")
+        return Principal(
+            record.tenant, frozenset(record.scopes), f"{_KEY_SUBJECT}{record.key_id}", "api_key", key_id=record.key_id
+        )
+
+    def watch_revocation(self, principal: Principal) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set once the API key behind `principal` is revoked (never, for a caller without one)."""
+        if principal.key_id is None or self.keys is None:
+            return contextlib.nullcontext(asyncio.Event())
+        return self.keys.watch_revocation(principal.key_id)
 
     def issue_token(self, principal: Principal, scopes: Iterable[str] | None = None) -> tuple[str, int, list[str]]:
         """A short-lived HS256 token for `principal` with `scopes` (default: all it holds); (token, expiresAt ms, scopes).

@@ -450,6 +450,12 @@ def jobs_router(settings: Settings) -> APIRouter:
         runner = _runner(request)
         upload = await read_upload(request, settings.job_max_clips, settings.job_max_clip_bytes)
         clips = [(name, await asyncio.to_thread(decode_clip, data, name)) for name, data in upload.clips]
+        try:
+            runner.gateway.quotas.take_audio(
+                principal.tenant, sum(len(pcm) for _, pcm in clips) / SAMPLE_RATE, borrow=True
+            )
+        except ProtocolError as exc:
+            raise refuse(429, exc.code.value, exc.message) from None
         job = await runner.submit(principal, clips)
         log.info("job %s submitted: %d clips", job.job_id, len(job.clips))
         return JobOut.of(job)

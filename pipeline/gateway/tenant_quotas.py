@@ -80,8 +80,13 @@ class TenantQuotas:
             if not running:
                 del self.sessions[tenant]
 
-    def take_audio(self, tenant: str, seconds: float) -> None:
-        """Spend `seconds` of the tenant's audio allowance; ProtocolError (audio_rate_exceeded) if it has not that much."""
+    def take_audio(self, tenant: str, seconds: float, borrow: bool = False) -> None:
+        """Spend `seconds` of the tenant's audio allowance; ProtocolError (audio_rate_exceeded) if it has not that much.
+
+        `borrow`: taken whole while any allowance is left, the rest owed from what later minutes bring. A
+        batch job's clips arrive at once and may hold more than a minute's allowance, which the bucket
+        alone would refuse for ever; borrowed, the job runs and the tenant's audio waits until it is paid.
+        """
         rate = self.audio_seconds_per_minute
         if not rate:
             return
@@ -91,7 +96,7 @@ class TenantQuotas:
             bucket = self._buckets[tenant] = _Bucket(rate, now)
         bucket.tokens = min(rate, bucket.tokens + (now - bucket.at) * rate / 60.0)
         bucket.at = now
-        if seconds > bucket.tokens:
+        if seconds > bucket.tokens and not (borrow and bucket.tokens > 0):
             raise ProtocolError(
                 ErrorCode.AUDIO_RATE_EXCEEDED,
                 f"tenant {tenant} is over its {rate:g} audio seconds per minute; frame dropped",

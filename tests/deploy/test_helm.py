@@ -509,6 +509,22 @@ def test_gateways_require_credentials_by_default_and_share_one_jwt_secret(render
     env, ref = auth_env(given)
     assert env["SPEAKERFLOW_AUTH_MODE"] == "open" and ref == {"name": "speech-jwt", "key": "jwt-secret"}
     assert not [s for s in of_kind(given, "Secret") if s["metadata"]["name"].endswith("-gateway-auth")]
+    assert "SPEAKERFLOW_AUTH_JWKS_FILE" not in env and "SPEAKERFLOW_AUTH_JWT_ISSUER" not in env
+
+
+def test_an_identity_providers_jwks_is_mounted_with_its_issuer_and_audience(render) -> None:
+    values = {"jwksConfigMap": "idp-keys", "issuer": "https://idp.example", "audience": "speakerflow"}
+    manifests = render(values={"gateway": {"auth": values}})
+    spec = deployments(manifests)["gateway"]["spec"]["template"]["spec"]
+    (gateway,) = spec["containers"]
+    with mock.patch.dict(os.environ, env_of(gateway), clear=True):
+        settings = Settings.from_env()
+    assert str(settings.auth_jwks_file) == "/etc/speakerflow/jwks/jwks.json"
+    assert (settings.auth_jwt_issuer, settings.auth_jwt_audience) == ("https://idp.example", "speakerflow")
+    (mount,) = [m for m in gateway["volumeMounts"] if m["name"] == "jwks"]
+    assert mount == {"name": "jwks", "mountPath": "/etc/speakerflow/jwks", "readOnly": True}
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "jwks"]
+    assert volume["configMap"] == {"name": "idp-keys"}
 
 
 def test_plaintext_kafka_mounts_nothing(default: Manifests, gpu_keda: Manifests) -> None:

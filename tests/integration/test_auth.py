@@ -319,8 +319,10 @@ def speakerflow(stack, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_key_made_with_the_cli_works_until_it_is_revoked(stack):
-    created = speakerflow(stack, "keys", "create", "--tenant", "delta", "--scopes", "subscribe,jobs", "--name", "ci")
+def test_a_key_made_with_the_cli_works_until_it_is_revoked_and_its_sockets_close_then(stack):
+    created = speakerflow(
+        stack, "keys", "create", "--tenant", "delta", "--scopes", "subscribe,jobs,ingest", "--name", "ci"
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     key_id = key.split("_")[1]
@@ -328,15 +330,39 @@ def test_a_key_made_with_the_cli_works_until_it_is_revoked(stack):
     listing = speakerflow(stack, "keys", "list")
     assert key_id in listing.stdout and "delta" in listing.stdout and secret not in listing.stdout
 
-    def caller() -> httpx.Response:
-        return httpx.get(f"{stack.gateway_url}/v1/auth", headers={"X-API-Key": key})
+    def caller(credential: str = key) -> httpx.Response:
+        return httpx.get(f"{stack.gateway_url}/v1/auth", headers=bearer(credential))
 
     wait_until(lambda: caller().status_code == 200)
-    assert caller().json()["scopes"] == ["subscribe", "jobs"]
-    revoked = speakerflow(stack, "keys", "revoke", key_id)
-    assert revoked.returncode == 0, revoked.stderr
-    wait_until(lambda: caller().status_code == 401)  # within seconds on every gateway
-    assert caller().json()["detail"]["code"] == "invalid_credential"
+    assert caller().json()["scopes"] == ["ingest", "subscribe", "jobs"]
+    token = httpx.post(f"{stack.gateway_url}/v1/tokens", headers=bearer(key)).json()["token"]
+
+    async def revoke_while_open() -> list[tuple[str, int]]:
+        """The key feeds a session, a token it was issued watches it; the key is revoked: both sockets close."""
+        async with websockets.connect(ws_url(stack, "/ws/session"), additional_headers=bearer(key)) as feeder:
+            await feeder.send(json.dumps({"action": "start"}))
+            session_id = (await next_event(feeder, "started", 30))["sessionId"]
+            await feeder.send(np.zeros(FRAME, "<i2").tobytes())
+            watcher_url = events_url(stack.settings.gateway_host, stack.settings.gateway_port, session_id)
+            watcher_url += f"?access_token={token}"
+            async with websockets.connect(watcher_url) as watcher:
+                revoked = await asyncio.to_thread(speakerflow, stack, "keys", "revoke", key_id)
+                assert revoked.returncode == 0, revoked.stderr
+                closes = []
+                for ws in (feeder, watcher):
+                    code = None
+                    with pytest.raises(ConnectionClosed) as closed:
+                        while True:  # results may come first; the error event comes before the close
+                            event = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                            if event["event"] == "error":
+                                code = event["code"]
+                    closes.append((code, closed.value.rcvd.code))
+                return closes
+
+    assert asyncio.run(revoke_while_open()) == [("invalid_credential", 1008)] * 2
+    for credential in (key, token):  # the token issued for the key goes with it
+        assert caller(credential).status_code == 401
+        assert caller(credential).json()["detail"]["code"] == "invalid_credential"
     assert key_id not in speakerflow(stack, "keys", "list").stdout
     assert speakerflow(stack, "keys", "revoke", key_id).returncode != 0
     bad = speakerflow(stack, "keys", "create", "--tenant", "delta", "--scopes", "root")

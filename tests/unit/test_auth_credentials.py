@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pipeline.gateway.api_keys import ApiKeyStore, new_api_key, parse_api_key, parse_scopes, secret_sha256
 from pipeline.gateway.credentials import (
     OPEN_PRINCIPAL,
+    TOKEN_ISSUER,
     Authenticator,
     CredentialRefused,
     JwtVerifier,
@@ -106,6 +107,31 @@ def test_the_store_verifies_the_secret_and_forgets_a_revoked_key():
     assert store.verify(key) is None
 
 
+def test_revoking_a_key_ends_its_tokens_and_signals_its_open_sockets():
+    key = new_api_key()
+    store = store_with(record_of(key, "acme", ("ingest", "subscribe")))
+    auth = Authenticator("required", store, SECRET)
+    by_key = auth.authenticate(str(key))
+    token, _, _ = auth.issue_token(by_key, ["subscribe"])
+    by_token = auth.authenticate(token)
+    assert by_key.key_id == by_token.key_id == key.key_id
+    with auth.watch_revocation(by_key) as key_revoked, auth.watch_revocation(by_token) as token_revoked:
+        other = new_api_key()
+        store.put(*encode_api_key(record_of(other))[:2])
+        assert not key_revoked.is_set() and not token_revoked.is_set()  # another key's change
+        store.put(key.key_id.encode(), None)
+        assert key_revoked.is_set() and token_revoked.is_set()
+    assert refusal(lambda: auth.authenticate(token)) == (401, "invalid_credential")
+    assert store._watchers == {}  # nothing kept once the sockets are gone
+    with auth.watch_revocation(by_key) as late:  # revoked between the handshake and the watch
+        assert late.is_set()
+    # A token from outside (not of the gateway's issuer) has no key to revoke, whatever its subject.
+    outside = jwt.encode({"sub": "key:nosuchkey1", "tenant": "acme", "exp": int(time.time()) + 60}, SECRET)
+    assert auth.authenticate(outside).key_id is None
+    with auth.watch_revocation(auth.authenticate(outside)) as never:
+        assert not never.is_set()
+
+
 # ---- where a credential travels ---------------------------------------------------------
 
 
@@ -191,6 +217,30 @@ def test_es256_and_rs256_tokens_verify_against_the_jwks():
     assert refusal(lambda: verifier.verify(crossed)) == (401, "invalid_credential")
     # Without a JWKS, no asymmetric token is taken.
     assert refusal(lambda: JwtVerifier(SECRET).verify(es)) == (401, "invalid_credential")
+
+
+def test_a_configured_issuer_and_audience_hold_for_outside_tokens_not_the_gateways_own():
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    verifier = JwtVerifier(
+        SECRET, jwks_of(("ec-1", ec_key, "ES256")), issuer="https://idp.example", audience="speakerflow"
+    )
+
+    def es256(**extra) -> str:
+        return jwt.encode(claims() | extra, ec_key, algorithm="ES256", headers={"kid": "ec-1"})
+
+    assert verifier.verify(es256(iss="https://idp.example", aud="speakerflow")).tenant == "acme"
+    assert verifier.verify(es256(iss="https://idp.example", aud=["other", "speakerflow"])).tenant == "acme"
+    for token in (
+        es256(iss="https://idp.example", aud="another-service"),
+        es256(iss="https://idp.example"),
+        es256(iss="https://elsewhere.example", aud="speakerflow"),
+        es256(aud="speakerflow"),
+        es256(iss=TOKEN_ISSUER, aud="speakerflow"),  # only HS256 under the deployment's secret is the gateway's
+        hs256(claims(iss="https://elsewhere.example")),
+    ):
+        assert refusal(lambda token=token: verifier.verify(token)) == (401, "invalid_credential")
+    # The gateway's own browser tokens name neither.
+    assert verifier.verify(hs256(claims(iss=TOKEN_ISSUER))).tenant == "acme"
 
 
 def test_the_jwks_file_is_read_and_a_broken_one_stops_the_gateway(tmp_path):
@@ -279,7 +329,7 @@ def test_a_token_issued_by_the_gateway_verifies_on_another_with_the_same_secret(
     key = new_api_key()
     first = authenticator("required", record_of(key, "acme", ("admin",)))
     token, _, _ = first.issue_token(first.authenticate(str(key)), ["ingest"])
-    second = Authenticator("required", store_with(), SECRET)
+    second = Authenticator("required", store_with(record_of(key, "acme", ("admin",))), SECRET)
     principal = second.authenticate(token, from_query=True)
     assert (principal.tenant, principal.scopes) == ("acme", frozenset({"ingest"}))
     stranger = Authenticator("required", store_with(), None)  # a secret of its own

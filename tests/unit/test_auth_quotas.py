@@ -61,3 +61,15 @@ def test_the_audio_rate_allows_a_minutes_burst_then_the_rate():
     now[0] = 1000.0  # never more than a minute's worth banked
     quotas.take_audio("acme", 120.0)
     assert code(lambda: quotas.take_audio("acme", 1.0)) == ErrorCode.AUDIO_RATE_EXCEEDED
+
+
+def test_a_batch_job_borrows_what_it_needs_and_later_audio_waits_for_the_debt():
+    now = [0.0]
+    quotas = TenantQuotas(audio_seconds_per_minute=120.0, clock=lambda: now[0])
+    quotas.take_audio("acme", 600.0, borrow=True)  # five minutes' allowance in one job
+    assert code(lambda: quotas.take_audio("acme", 1.0)) == ErrorCode.AUDIO_RATE_EXCEEDED
+    assert code(lambda: quotas.take_audio("acme", 1.0, borrow=True)) == ErrorCode.AUDIO_RATE_EXCEEDED
+    now[0] = 200.0  # 400 s of allowance: still 80 s owed
+    assert code(lambda: quotas.take_audio("acme", 1.0)) == ErrorCode.AUDIO_RATE_EXCEEDED
+    now[0] = 300.0
+    quotas.take_audio("acme", 10.0)
