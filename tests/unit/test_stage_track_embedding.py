@@ -25,13 +25,36 @@ def test_overlapped_frames_weigh_less():
 
 @pytest.mark.parametrize(
     "talk, expected",
-    [((0, 3), (0.0, 1.0)), ((97, 100), (4.0, 5.0)), ((40, 45), (1.6, 2.6)), ((10, 90), (0.35, 4.6))],
+    [
+        ((0, 3), (0.0, 1.0)),
+        ((97, 100), (4.0, 5.0)),
+        ((40, 45), (1.6, 2.6)),
+        ((10, 90), (0.35, 4.6)),
+        ((20, 52), (0.775, 2.775)),  # 1.85 s of talk and margins: 2.0 s, a whole number of quanta
+        ((2, 50), (0.0, 2.75)),  # 2.6 s cut by the window's start: 2.75 s reaching inwards
+    ],
 )
-def test_crop_covers_the_talk_with_margins_and_slides_off_the_edges(talk, expected):
+def test_crop_covers_the_talk_with_margins_in_whole_quanta_and_slides_off_the_edges(talk, expected):
     stage = TrackEmbeddingStage(CONFIG, embedder=None)
     activity = np.zeros((100, 1))
     activity[talk[0] : talk[1]] = 1.0
-    assert stage._crop(activity, np.arange(100) * 0.05, 5.0) == pytest.approx(expected)
+    lo, hi = stage._crop(activity, np.arange(100) * 0.05, 5.0)
+    assert (lo, hi) == pytest.approx(expected)
+    assert round((hi - lo) / CONFIG.crop_quantum_s, 6) % 1 == 0
+
+
+def test_crops_of_any_talk_take_few_lengths():
+    """oneDNN keeps kernels per input length: the crops' lengths must not grow without bound."""
+    stage = TrackEmbeddingStage(CONFIG, embedder=None)
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(500):
+        first = rng.integers(0, 99)
+        activity = np.zeros((100, 1))
+        activity[first : rng.integers(first + 1, 101)] = 1.0
+        lo, hi = stage._crop(activity, np.arange(100) * 0.05, 5.0)
+        lengths.add(int(round((hi - lo) * 16_000)))
+    assert len(lengths) <= 17  # 1.0 to 5.0 s in 0.25 s steps
 
 
 @pytest.fixture(scope="module")

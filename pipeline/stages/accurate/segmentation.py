@@ -60,6 +60,11 @@ class SegmentationModel:
         field_ = self.model.receptive_field
         self.frame_step_s = float(field_.step)
         self.frame_offset_s = float(field_.start + field_.duration / 2)  # centre of frame 0
+        # torch and oneDNN keep buffers and kernels per batch size, taken the first time a size
+        # runs; a worker that first falls behind minutes in would then grow by tens of MB at once
+        # (steps in the 30-minute soak). Every size the stage can send runs once here instead.
+        for size in range(1, config.batch_windows + 1):
+            self(np.zeros((size, config.samples(config.window_s)), np.int16))
 
     @torch.inference_mode()
     def __call__(self, windows: np.ndarray) -> np.ndarray:

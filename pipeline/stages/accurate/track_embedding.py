@@ -112,7 +112,8 @@ class TrackEmbeddingStage:
             slots = [window.tracks.index(t) for t in wanted]
             times = window.frame_offset_s + window.frame_step_s * np.arange(activity.shape[0])
             lo, hi = self._crop(activity[:, slots], times, window.num_samples / SAMPLE_RATE)
-            audio = np.frombuffer(window.pcm, dtype="<i2")[int(lo * SAMPLE_RATE) : int(hi * SAMPLE_RATE)]
+            first = int(round(lo * SAMPLE_RATE))
+            audio = np.frombuffer(window.pcm, dtype="<i2")[first : first + int(round((hi - lo) * SAMPLE_RATE))]
             vectors = self.embedder.embed(audio, weights[:, slots], times - lo)
             embeddings = {t: vectors[i].tolist() for i, t in enumerate(wanted)}
         return WindowEmbeddings(
@@ -130,14 +131,17 @@ class TrackEmbeddingStage:
         )
 
     def _crop(self, activity: np.ndarray, times: np.ndarray, duration_s: float) -> tuple[float, float]:
-        """The stretch of the window where the tracks talk, with margins, at least `min_crop_s` long."""
+        """The stretch of the window where the tracks talk, with margins, at least `min_crop_s` long and a
+        whole number of `crop_quantum_s`."""
         talking = np.flatnonzero(activity.max(axis=1) >= 0.5)
         if not len(talking):
             return 0.0, duration_s
-        margin, shortest = self.config.crop_margin_s, min(self.config.min_crop_s, duration_s)
+        margin, quantum = self.config.crop_margin_s, self.config.crop_quantum_s
         lo, hi = times[talking[0]] - margin, times[talking[-1]] + margin
-        grow = max(0.0, shortest - (hi - lo)) / 2
+        length = max(self.config.min_crop_s, quantum * np.ceil(round((hi - lo) / quantum, 6)))
+        length = min(length, duration_s)
+        grow = max(0.0, length - (hi - lo)) / 2
         lo, hi = max(0.0, lo - grow), min(duration_s, hi + grow)
-        if hi - lo < shortest:  # cut by an edge of the window: it reaches further inwards instead
-            lo, hi = (0.0, shortest) if lo == 0.0 else (duration_s - shortest, duration_s)
+        if hi - lo < length - 1e-9:  # cut by an edge of the window: it reaches further inwards instead
+            lo, hi = (0.0, length) if lo == 0.0 else (duration_s - length, duration_s)
         return lo, hi
