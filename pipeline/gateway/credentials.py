@@ -221,7 +221,7 @@ class JwtVerifier:
         if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
             raise invalid("the token's tenant claim is missing or not a tenant name ([A-Za-z0-9._-], 1-64)")
         subject = str(claims["sub"])
-        key_id = subject.removeprefix(_KEY_SUBJECT) if claims.get("iss") == TOKEN_ISSUER else None
+        key_id = subject.removeprefix(_KEY_SUBJECT) if own else None
         return Principal(
             tenant,
             _scopes(claims.get("scope")),
