@@ -91,9 +91,12 @@ def test_the_page_asks_once_renews_its_token_and_sends_it(stack, keys, browser):
     assert not page.get_by_role("dialog").is_visible()
     assert len(exchanges) >= 3  # the refused key, the first token, at least one renewal
 
-    # A socket carries the token in its query string: Watch opens.
-    page.goto(stack.gateway_url + "/#watch/acme-session-1")
+    # A socket carries the token in its query string: Watch opens, and stays open, on a session of the
+    # key's tenant (another tenant's would be refused at once, after a moment in the open state).
+    page.goto(stack.gateway_url + "/#watch/acme:session-1")
     page.wait_for_function("document.querySelector('[data-panel=watch]').dataset.state === 'watching'", timeout=10_000)
+    page.wait_for_timeout(1000)
+    assert page.locator("[data-panel=watch]").get_attribute("data-state") == "watching"
     page.close()
 
 
