@@ -176,6 +176,34 @@ def test_a_given_count_is_honoured():
     assert labels.max() + 1 == 2
 
 
+def test_blips_do_not_fill_a_given_count_while_two_voices_share_a_cluster():
+    rng = np.random.default_rng(7)
+    a, b, blip = np.eye(8)[0], np.eye(8)[1], np.eye(8)[3]
+    c = (np.eye(8)[1] + 0.8 * np.eye(8)[2]) / np.sqrt(1.64)  # 0.22 from b: one cluster at the threshold
+    vectors = np.concatenate([v + 0.01 * rng.normal(size=(5, 8)) for v in (a, b, c)] + [blip[None]])
+    weights = np.array([10.0] * 15 + [1.5])  # the blip has enough speech to be a speaker on its own
+    truth = np.array([0] * 5 + [1] * 5 + [2] * 5)
+    nothing_apart = np.zeros((16, 16), bool)
+
+    def cluster(share: float) -> np.ndarray:
+        return constrained_average_linkage(
+            vectors,
+            weights,
+            nothing_apart,
+            distance=0.5,
+            num_clusters=3,
+            min_cluster_weight=1.0,
+            min_speaker_share=share,
+        )
+
+    # Counting every cluster over a second, the threshold's cut already has three: b and c as one, and the blip.
+    assert cluster(0.0)[5] == cluster(0.0)[10]
+    labels = cluster(0.2)
+    assert labels.max() + 1 == 3
+    assert same_partition(labels[:15], truth)
+    assert labels[15] != -1  # the blip joins its nearest speaker
+
+
 def test_cannot_link_keeps_two_simultaneous_voices_apart():
     vectors = np.array([[1.0, 0.0], [0.99, 0.1], [0.98, -0.1]])
     cannot = np.zeros((3, 3), bool)

@@ -81,6 +81,7 @@ def constrained_average_linkage(
     max_clusters: int | None = None,
     min_cluster_weight: float = 0.0,
     min_clusters: int = 1,
+    min_speaker_share: float = 0.0,
 ) -> np.ndarray:
     """Cluster labels 0..k-1 for each vector (`LEFT_OUT` for one that can join no speaker).
 
@@ -90,22 +91,15 @@ def constrained_average_linkage(
     [`min_clusters`, `max_clusters`]: fewer wanted, the cheapest pair of speakers (Ward)
     merges, or the lightest is left out where that costs less, until that many remain;
     more wanted, the merging stops instead at the step nearest the threshold where the
-    count of speakers is the one wanted. The lighter clusters then join their nearest
-    speaker; one that may join none is left out. Pairs linked by `cannot_link` never merge.
+    count of speakers is the one wanted, counting there only the clusters with at least
+    `min_speaker_share` of an even share of all the weight among the speakers wanted. The
+    lighter clusters then join their nearest speaker; one that may join none is left out.
+    Pairs linked by `cannot_link` never merge.
     """
     n = len(vectors)
     if n == 0:
         return np.zeros(0, int)
-    # The whole merge sequence once, to find where to stop.
-    linkage = _Linkage(vectors, weights, cannot_link)
-    heights, counts = [], [len(linkage.speakers(min_cluster_weight))]
-    while len(linkage.members) > 1:
-        i, j, d = linkage.closest()
-        if not np.isfinite(d):
-            break
-        linkage.merge(i, j)
-        heights.append(d)
-        counts.append(len(linkage.speakers(min_cluster_weight)))
+    heights, counts = _merge_sequence(vectors, weights, cannot_link, min_cluster_weight)
     at_threshold = next((step for step, d in enumerate(heights) if d > distance), len(heights))
     wanted = num_clusters
     if wanted is None:
@@ -115,6 +109,9 @@ def constrained_average_linkage(
     fewer = wanted is not None and wanted < counts[at_threshold]
     stop = at_threshold
     if wanted is not None and not fewer:
+        # Blips must not fill the count while two voices share a cluster: each speaker counted weighs its part.
+        min_cluster_weight = max(min_cluster_weight, min_speaker_share * float(np.sum(weights)) / wanted)
+        _, counts = _merge_sequence(vectors, weights, cannot_link, min_cluster_weight)
         stop = min(range(len(counts)), key=lambda step: (abs(counts[step] - wanted), abs(step - at_threshold)))
     linkage = _Linkage(vectors, weights, cannot_link)
     for _ in range(stop):
@@ -152,6 +149,22 @@ def constrained_average_linkage(
     for label, root in enumerate(sorted(speakers, key=lambda c: min(linkage.members[c]))):
         labels[linkage.members[root]] = label
     return labels
+
+
+def _merge_sequence(
+    vectors: np.ndarray, weights: np.ndarray, cannot_link: np.ndarray, min_weight: float
+) -> tuple[list[float], list[int]]:
+    """The whole merge sequence, to find where to stop: the height of each merge, and the speakers before and after each."""
+    linkage = _Linkage(vectors, weights, cannot_link)
+    heights, counts = [], [len(linkage.speakers(min_weight))]
+    while len(linkage.members) > 1:
+        i, j, d = linkage.closest()
+        if not np.isfinite(d):
+            break
+        linkage.merge(i, j)
+        heights.append(d)
+        counts.append(len(linkage.speakers(min_weight)))
+    return heights, counts
 
 
 def keep_live_ids(overlap: np.ndarray) -> dict[int, int]:

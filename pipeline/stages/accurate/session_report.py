@@ -168,6 +168,7 @@ class ReportBuilder:
             max_clusters=max_speakers,
             min_cluster_weight=self.config.report_min_speaker_s,
             min_clusters=min_speakers,
+            min_speaker_share=self.config.report_min_speaker_share,
         )
         clusters = int(labels.max()) + 1 if count else 0
         lives = max(p.live for p in state.pieces) + 1
