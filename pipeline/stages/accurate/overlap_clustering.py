@@ -106,8 +106,13 @@ class OverlapClusteringStage:
         fresh = {t: message.embeddings[t] for t in window.tracks if t >= 0 and t in message.embeddings}
         if fresh:
             self.report.keep_embeddings(state.report, window, fresh, speech_s, together)
+        recent = None
+        if fresh and state.speaker_floor > 1 and message.step % self.config.floor_split_every_steps == 0:
+            recent = self.report.recent_evidence(
+                state.report, self.config.update_min_activity_s, self.config.floor_split_embeddings
+            )
         self.identity.identify(
-            state.identity, state.windows, fresh, speech_s, together, state.speaker_limit, state.speaker_floor
+            state.identity, state.windows, fresh, speech_s, together, state.speaker_limit, state.speaker_floor, recent
         )
         latency = min(self.config.latency_s, state.window_s)
         outputs = self.live.settle(

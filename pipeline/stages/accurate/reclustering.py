@@ -48,14 +48,14 @@ class _Linkage:
 
     def cheapest(self, clusters: list[int]) -> tuple[int, int, float]:
         """The admissible pair of `clusters` that costs least to merge: distance times harmonic weight (Ward)."""
-        best = (-1, -1, np.inf)
-        for k, i in enumerate(clusters):
-            for j in clusters[k + 1 :]:
-                if not self.blocked[i, j]:
-                    cost = self.dist[i, j] * self.size[i] * self.size[j] / (self.size[i] + self.size[j])
-                    if cost < best[2]:
-                        best = (i, j, float(cost))
-        return best
+        if len(clusters) < 2:
+            return -1, -1, np.inf
+        index = np.asarray(clusters)
+        size = self.size[index]
+        cost = self.dist[np.ix_(index, index)] * np.outer(size, size) / np.add.outer(size, size)
+        cost[self.blocked[np.ix_(index, index)] | ~np.triu(np.ones_like(cost, bool), 1)] = np.inf
+        i, j = divmod(int(np.argmin(cost)), len(index))
+        return int(index[i]), int(index[j]), float(cost[i, j])
 
     def merge(self, i: int, j: int) -> None:
         dist, wi, wj = self.dist, self.size[i], self.size[j]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import Binarizer, WindowActivity, aggregate, output_grid, seconds_to_ms
 from pipeline.stages.accurate.reclustering import LEFT_OUT, constrained_average_linkage, keep_live_ids
+from pipeline.stages.accurate.speaker_identity import RecentEvidence
 from pipeline.stages.speaker_naming import Centroid
 from topics.messages import LabeledSpan, ReportedSpeaker, SessionReport
 
@@ -78,6 +79,22 @@ class ReportBuilder:
             for t, vector in embeddings.items()
         ]
         state.cannot_link |= {(item[a], item[b]) for a, b in together if a in item and b in item}
+
+    @staticmethod
+    def recent_evidence(state: ReportState, min_speech_s: float, count: int) -> RecentEvidence:
+        """The newest `count` embeddings of tracks with at least `min_speech_s` in their window, oldest first."""
+        chosen = [i for i, item in enumerate(state.embedded) if item.speech_s >= min_speech_s][-count:]
+        index = {item: row for row, item in enumerate(chosen)}
+        cannot = np.zeros((len(chosen), len(chosen)), bool)
+        for a, b in state.cannot_link:
+            if a in index and b in index:
+                cannot[index[a], index[b]] = cannot[index[b], index[a]] = True
+        return RecentEvidence(
+            tracks=[state.embedded[i].track for i in chosen],
+            vectors=np.asarray([state.embedded[i].vector for i in chosen]) if chosen else np.zeros((0, 0)),
+            speech_s=np.asarray([state.embedded[i].speech_s for i in chosen]),
+            cannot_link=cannot,
+        )
 
     def settle(self, state: ReportState, windows: list[WindowActivity], until_s: float) -> None:
         """Label the region up to `until_s`, once every window that covers it has voted."""

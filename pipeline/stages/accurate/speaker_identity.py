@@ -20,6 +20,12 @@ saw for most of its evidence. While fewer speakers than the session's floor (the
 or the lower bound) are open, a voice opens a speaker at a shorter distance: the count says
 more voices are coming, and a twin opened on the way is grouped or merged back.
 
+Where voices lie close (a phone line), the first speaker's centroid may absorb a second voice
+before the floor is reached: while below it, the session's newest trusted embeddings are
+clustered again now and then into one speaker more, and a cluster that lies far enough from
+the others to never merge back as a twin opens that speaker, taking the tracks in hand that
+are its voice.
+
 A session keeps at most `max_open_speakers` speakers. Past that, a voice farther than
 `new_speaker_distance` from all of them waits as a provisional speaker until freeing a place
 (merging two speakers, or dropping one as noise) costs less than it would cost to merge the
@@ -28,12 +34,15 @@ provisional one into its nearest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.config import OverlapClusteringConfig
 from pipeline.stages.accurate.aggregation import WindowActivity
+from pipeline.stages.accurate.reclustering import LEFT_OUT, constrained_average_linkage
 from pipeline.stages.accurate.speaker_assignment import NEW, assign, cosine_distances
 from pipeline.stages.speaker_naming import Centroid
 
@@ -45,6 +54,16 @@ class TrackEvidence(BaseModel):
 
     vector_sum: list[float]
     count: int
+
+
+@dataclass(frozen=True)
+class RecentEvidence:
+    """The session's newest trusted embeddings, for a second look below the floor."""
+
+    tracks: list[int]
+    vectors: np.ndarray  # one row per embedding
+    speech_s: np.ndarray  # the track's speech in the window of each
+    cannot_link: np.ndarray  # square, True where two were heard at the same time
 
 
 class SpeakerIdentityState(BaseModel):
@@ -77,12 +96,14 @@ class SpeakerIdentity:
         together: set[tuple[int, int]],
         speaker_limit: int,
         speaker_floor: int = 1,
+        recent: RecentEvidence | None = None,
     ) -> None:
         """Assign the newest window's freshly embedded tracks, then label the slots of every window in hand.
 
         `windows` are the windows in hand, the newest last; `embeddings` its fresh embeddings in
         slot order, `speech_s` its speech per track and `together` its pairs of tracks talking at
-        once. At most `speaker_limit` ids are shown; below `speaker_floor` speakers open more readily.
+        once. At most `speaker_limit` ids are shown; below `speaker_floor` speakers open more
+        readily, and with `recent` given, a voice the open speakers absorbed may be split off.
         """
         window = windows[-1]
         for track, before in zip(window.tracks, window.follows):
@@ -97,6 +118,8 @@ class SpeakerIdentity:
         if embeddings:
             self._merge_twins(state)
             self._make_room(state, capacity)
+        if recent is not None:
+            self._split_below_floor(state, recent, speaker_floor)
         # A track missing from the newest window has ended: its evidence stays with its speaker for good.
         state.talking = {t: e for t, e in state.talking.items() if t in window.tracks}
         in_hand = {t for w in windows for t in w.tracks}
@@ -215,6 +238,60 @@ class SpeakerIdentity:
                     _retire(state, older[nearest], speaker)
                 else:
                     _retire(state, speaker, older[nearest])
+
+    def _split_below_floor(self, state: SpeakerIdentityState, recent: RecentEvidence, speaker_floor: int) -> None:
+        """Below the floor, cluster the recent evidence into one speaker more; a cluster far enough off opens it.
+
+        The clusters are matched to the open speakers by their centroids (one to one); the one
+        left over is a voice the open speakers absorbed when it lies farther from every other
+        cluster than `floor_split_distance` x (1/n_a + 1/n_b), well past where twins would merge,
+        and holds at least `floor_split_min_embeddings`. Then every open speaker's evidence is its
+        cluster's, the tracks in hand follow their newest embedding's cluster, and clusters heard
+        at the same time are kept apart. Evidence already given stays where the clustering put it.
+        """
+        config = self.config
+        confirmed = [s for s in _open(state) if s != state.waiting]
+        wanted = len(confirmed) + 1
+        if config.floor_split_distance is None or not confirmed or wanted > speaker_floor:
+            return
+        if len(recent.tracks) < wanted * config.floor_split_min_embeddings:
+            return
+        labels = constrained_average_linkage(
+            recent.vectors,
+            recent.speech_s,
+            recent.cannot_link,
+            distance=config.report_distance,
+            num_clusters=wanted,
+            min_cluster_weight=config.report_min_speaker_s,
+            min_speaker_share=config.report_min_speaker_share,
+        )
+        if labels.max() + 1 < wanted:
+            return
+        sums = np.asarray([recent.vectors[labels == c].sum(axis=0) for c in range(wanted)])
+        counts = np.asarray([(labels == c).sum() for c in range(wanted)], float)
+        rows, cols = linear_sum_assignment(
+            cosine_distances(sums, np.asarray([state.centroid_sums[s] for s in confirmed]))
+        )
+        speaker_of_cluster = {int(r): confirmed[c] for r, c in zip(rows, cols)}
+        (new,) = [c for c in range(wanted) if c not in speaker_of_cluster]
+        others = list(speaker_of_cluster)
+        between = cosine_distances(sums[new][None], sums[others])[0]
+        reach = config.floor_split_distance * (1 / counts[new] + 1 / counts[others])
+        if counts[new] < config.floor_split_min_embeddings or (between <= reach).any():
+            return
+        state.centroid_sums.append([])
+        state.evidence.append(0)
+        speaker_of_cluster[new] = len(state.centroid_sums) - 1
+        for c, speaker in speaker_of_cluster.items():
+            state.centroid_sums[speaker] = sums[c].tolist()
+            state.evidence[speaker] = int(counts[c])
+        for track, label in zip(recent.tracks, labels):  # oldest first: each track ends with its newest
+            if label != LEFT_OUT and track in state.speaker_of_track:
+                state.speaker_of_track[track] = speaker_of_cluster[int(label)]
+        for a, b in zip(*np.nonzero(np.triu(recent.cannot_link))):
+            if labels[a] != LEFT_OUT and labels[b] != LEFT_OUT and labels[a] != labels[b]:
+                state.apart.add(_ordered(speaker_of_cluster[int(labels[a])], speaker_of_cluster[int(labels[b])]))
+        state.talking = {}
 
     def _make_room(self, state: SpeakerIdentityState, capacity: int) -> None:
         """Give the provisional speaker a place: a free one, or one that costs less to free than it costs to wait.
