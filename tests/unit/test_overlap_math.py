@@ -204,6 +204,24 @@ def test_blips_do_not_fill_a_given_count_while_two_voices_share_a_cluster():
     assert labels[15] != -1  # the blip joins its nearest speaker
 
 
+def test_a_long_session_is_pooled_first_and_keeps_its_voices_and_constraints():
+    vectors, truth = voices(3, per_voice=400, spread=0.25, seed=11)
+    order = np.random.default_rng(1).permutation(len(vectors))  # the voices take turns through the session
+    vectors, truth = vectors[order], truth[order]
+    weights = np.ones(len(vectors))
+    nothing_apart = np.zeros((len(vectors),) * 2, bool)
+    pooled = constrained_average_linkage(vectors, weights, nothing_apart, distance=0.5, max_items=200)
+    assert same_partition(pooled, truth)
+    given = constrained_average_linkage(vectors, weights, nothing_apart, distance=0.5, num_clusters=3, max_items=200)
+    assert same_partition(given, truth)
+    # Two of one voice in different stretches of the session (so in different pools), said to be heard at once.
+    a, b = 0, int(np.flatnonzero((truth == truth[0]) & (np.arange(len(truth)) >= 1000))[0])
+    apart = nothing_apart.copy()
+    apart[a, b] = apart[b, a] = True
+    labels = constrained_average_linkage(vectors, weights, apart, distance=0.5, max_items=200)
+    assert labels[a] != labels[b]
+
+
 def test_cannot_link_keeps_two_simultaneous_voices_apart():
     vectors = np.array([[1.0, 0.0], [0.99, 0.1], [0.98, -0.1]])
     cannot = np.zeros((3, 3), bool)

@@ -26,10 +26,9 @@ LEFT_OUT = -1  # label of a vector that belongs to no speaker
 class _Linkage:
     """Size-weighted average linkage under cannot-link, merge by merge."""
 
-    def __init__(self, vectors: np.ndarray, weights: np.ndarray, cannot_link: np.ndarray) -> None:
-        n = len(vectors)
-        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        self.dist = 1.0 - unit @ unit.T
+    def __init__(self, distances: np.ndarray, weights: np.ndarray, cannot_link: np.ndarray) -> None:
+        n = len(distances)
+        self.dist = distances.copy()
         np.fill_diagonal(self.dist, np.inf)
         self.blocked = cannot_link.astype(bool).copy()
         self.size = np.asarray(weights, float).copy()
@@ -82,6 +81,7 @@ def constrained_average_linkage(
     min_cluster_weight: float = 0.0,
     min_clusters: int = 1,
     min_speaker_share: float = 0.0,
+    max_items: int | None = None,
 ) -> np.ndarray:
     """Cluster labels 0..k-1 for each vector (`LEFT_OUT` for one that can join no speaker).
 
@@ -94,12 +94,65 @@ def constrained_average_linkage(
     count of speakers is the one wanted, counting there only the clusters with at least
     `min_speaker_share` of an even share of all the weight among the speakers wanted. The
     lighter clusters then join their nearest speaker; one that may join none is left out.
-    Pairs linked by `cannot_link` never merge.
+    Pairs linked by `cannot_link` never merge. Past `max_items` vectors, they are first pooled
+    into that many (`pool`), and the pools are clustered: the cost grows with the cube of the
+    vectors clustered.
     """
     n = len(vectors)
     if n == 0:
         return np.zeros(0, int)
-    heights, counts = _merge_sequence(vectors, weights, cannot_link, min_cluster_weight)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    if max_items is None or n <= max_items:
+        return _clusters(
+            1.0 - unit @ unit.T,
+            weights,
+            cannot_link,
+            distance,
+            num_clusters,
+            max_clusters,
+            min_cluster_weight,
+            min_clusters,
+            min_speaker_share,
+        )
+    # Pools start the agglomeration as clusters: between two, average linkage's distance is the weighted mean
+    # of their members' pairwise distances, 1 - (sum of w u over a) . (sum of w u over b) / (W_a W_b).
+    pool_of = pool(unit, max_items)
+    pools = pool_of.max() + 1
+    pool_weights = np.bincount(pool_of, weights=weights, minlength=pools)
+    sums = np.zeros((pools, vectors.shape[1]))
+    np.add.at(sums, pool_of, unit * np.asarray(weights, float)[:, None])
+    pooled_cannot = np.zeros((pools, pools), bool)
+    a, b = np.nonzero(cannot_link)
+    pooled_cannot[pool_of[a], pool_of[b]] = True
+    np.fill_diagonal(pooled_cannot, False)  # a pair pooled together was alike enough to be one voice
+    labels = _clusters(
+        1.0 - (sums @ sums.T) / np.outer(pool_weights, pool_weights),
+        pool_weights,
+        pooled_cannot,
+        distance,
+        num_clusters,
+        max_clusters,
+        min_cluster_weight,
+        min_clusters,
+        min_speaker_share,
+    )
+    return labels[pool_of]
+
+
+def _clusters(
+    distances: np.ndarray,
+    weights: np.ndarray,
+    cannot_link: np.ndarray,
+    distance: float,
+    num_clusters: int | None,
+    max_clusters: int | None,
+    min_cluster_weight: float,
+    min_clusters: int,
+    min_speaker_share: float,
+) -> np.ndarray:
+    """`constrained_average_linkage` over items with their pairwise distances."""
+    n = len(distances)
+    heights, counts = _merge_sequence(distances, weights, cannot_link, min_cluster_weight)
     at_threshold = next((step for step, d in enumerate(heights) if d > distance), len(heights))
     wanted = num_clusters
     if wanted is None:
@@ -111,9 +164,9 @@ def constrained_average_linkage(
     if wanted is not None and not fewer:
         # Blips must not fill the count while two voices share a cluster: each speaker counted weighs its part.
         min_cluster_weight = max(min_cluster_weight, min_speaker_share * float(np.sum(weights)) / wanted)
-        _, counts = _merge_sequence(vectors, weights, cannot_link, min_cluster_weight)
+        _, counts = _merge_sequence(distances, weights, cannot_link, min_cluster_weight)
         stop = min(range(len(counts)), key=lambda step: (abs(counts[step] - wanted), abs(step - at_threshold)))
-    linkage = _Linkage(vectors, weights, cannot_link)
+    linkage = _Linkage(distances, weights, cannot_link)
     for _ in range(stop):
         i, j, _d = linkage.closest()
         linkage.merge(i, j)
@@ -151,11 +204,42 @@ def constrained_average_linkage(
     return labels
 
 
+POOL_BLOCK = 1000  # vectors pooled at a time: the pairwise distances of a block in memory, 4 MB
+
+
+def pool(vectors: np.ndarray, max_pools: int) -> np.ndarray:
+    """The pool (0..) of each vector: at most `max_pools` pools of the most alike vectors.
+
+    Blocks of `POOL_BLOCK` consecutive vectors (a session's embeddings come in time order, so
+    a block is a stretch of the session) are each cut from their own average-linkage
+    dendrogram on cosine distance into their share of the pools; scipy's linkage takes
+    time and memory quadratic in a block.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n = len(vectors)
+    blocks = -(-n // POOL_BLOCK)
+    share = max(1, max_pools // blocks)
+    pools = np.zeros(n, int)
+    offset = 0
+    for start in range(0, n, POOL_BLOCK):
+        block = vectors[start : start + POOL_BLOCK]
+        if len(block) <= share:
+            labels = np.arange(len(block))
+        else:
+            tree = linkage(block, method="average", metric="cosine")
+            labels = fcluster(tree, t=share, criterion="maxclust") - 1
+        _, labels = np.unique(labels, return_inverse=True)
+        pools[start : start + len(block)] = labels + offset
+        offset += labels.max() + 1
+    return pools
+
+
 def _merge_sequence(
-    vectors: np.ndarray, weights: np.ndarray, cannot_link: np.ndarray, min_weight: float
+    distances: np.ndarray, weights: np.ndarray, cannot_link: np.ndarray, min_weight: float
 ) -> tuple[list[float], list[int]]:
     """The whole merge sequence, to find where to stop: the height of each merge, and the speakers before and after each."""
-    linkage = _Linkage(vectors, weights, cannot_link)
+    linkage = _Linkage(distances, weights, cannot_link)
     heights, counts = [], [len(linkage.speakers(min_weight))]
     while len(linkage.members) > 1:
         i, j, d = linkage.closest()

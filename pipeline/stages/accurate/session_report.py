@@ -186,6 +186,7 @@ class ReportBuilder:
             min_cluster_weight=self.config.report_min_speaker_s,
             min_clusters=min_speakers,
             min_speaker_share=self.config.report_min_speaker_share,
+            max_items=self.config.report_max_embeddings,
         )
         clusters = int(labels.max()) + 1 if count else 0
         lives = max(p.live for p in state.pieces) + 1

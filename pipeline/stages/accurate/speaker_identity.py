@@ -340,23 +340,28 @@ def show(state: SpeakerIdentityState, limit: int, heard_together: set[tuple[int,
     """
     speakers = _open(state)
     groups = [[s] for s in speakers]
-    sums = [np.asarray(state.centroid_sums[s]) for s in speakers]
-    weights = [float(state.evidence[s]) for s in speakers]
-    apart = state.apart | heard_together
-
-    def cost(i: int, j: int) -> float:
-        if any(_ordered(a, b) in apart for a in groups[i] for b in groups[j]):
-            return np.inf
-        distance = cosine_distances(sums[i][None], sums[j][None])[0, 0]
-        return float(distance) * weights[i] * weights[j] / (weights[i] + weights[j])
-
-    while len(groups) > limit:
-        best, i, j = min((cost(i, j), i, j) for i in range(len(groups)) for j in range(i + 1, len(groups)))
-        if not np.isfinite(best):
-            break
-        groups[i] += groups.pop(j)
-        sums[i] = sums[i] + sums.pop(j)
-        weights[i] += weights.pop(j)
+    weights = np.asarray([float(state.evidence[s]) for s in speakers])
+    if len(groups) > limit:
+        # Every pair's cost at once, each merge: this runs on every window of a session past its limit.
+        sums = np.asarray([state.centroid_sums[s] for s in speakers], float)
+        index = {s: k for k, s in enumerate(speakers)}
+        blocked = np.zeros((len(speakers), len(speakers)), bool)
+        for a, b in state.apart | heard_together:
+            if a in index and b in index:
+                blocked[index[a], index[b]] = blocked[index[b], index[a]] = True
+        while len(groups) > limit:
+            cost = cosine_distances(sums, sums) * np.outer(weights, weights) / np.add.outer(weights, weights)
+            cost[blocked | ~np.triu(np.ones_like(blocked), 1)] = np.inf
+            i, j = divmod(int(np.argmin(cost)), len(groups))
+            if not np.isfinite(cost[i, j]):
+                break
+            groups[i] += groups.pop(j)
+            sums[i] += sums[j]
+            weights[i] += weights[j]
+            blocked[i] |= blocked[j]
+            blocked[:, i] |= blocked[:, j]
+            sums, weights = np.delete(sums, j, axis=0), np.delete(weights, j)
+            blocked = np.delete(np.delete(blocked, j, axis=0), j, axis=1)
     kept = sorted(range(len(groups)), key=lambda g: -weights[g])[:limit]
     shown = _name_groups(state, [groups[g] for g in kept])
     state.shown_as = shown
