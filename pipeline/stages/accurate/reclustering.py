@@ -102,18 +102,9 @@ def constrained_average_linkage(
     if n == 0:
         return np.zeros(0, int)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    rule = (distance, num_clusters, max_clusters, min_cluster_weight, min_clusters, min_speaker_share)
     if max_items is None or n <= max_items:
-        return _clusters(
-            1.0 - unit @ unit.T,
-            weights,
-            cannot_link,
-            distance,
-            num_clusters,
-            max_clusters,
-            min_cluster_weight,
-            min_clusters,
-            min_speaker_share,
-        )
+        return _clusters(1.0 - unit @ unit.T, weights, cannot_link, *rule)
     # Pools start the agglomeration as clusters: between two, average linkage's distance is the weighted mean
     # of their members' pairwise distances, 1 - (sum of w u over a) . (sum of w u over b) / (W_a W_b).
     pool_of = pool(unit, max_items)
@@ -125,18 +116,8 @@ def constrained_average_linkage(
     a, b = np.nonzero(cannot_link)
     pooled_cannot[pool_of[a], pool_of[b]] = True
     np.fill_diagonal(pooled_cannot, False)  # a pair pooled together was alike enough to be one voice
-    labels = _clusters(
-        1.0 - (sums @ sums.T) / np.outer(pool_weights, pool_weights),
-        pool_weights,
-        pooled_cannot,
-        distance,
-        num_clusters,
-        max_clusters,
-        min_cluster_weight,
-        min_clusters,
-        min_speaker_share,
-    )
-    return labels[pool_of]
+    pooled_distances = 1.0 - (sums @ sums.T) / np.outer(pool_weights, pool_weights)
+    return _clusters(pooled_distances, pool_weights, pooled_cannot, *rule)[pool_of]
 
 
 def _clusters(
