@@ -399,11 +399,19 @@ def _name_groups(state: SpeakerIdentityState, groups: list[list[int]]) -> dict[i
     if ids:
         rows, cols = linear_sum_assignment(-votes)
         names = {int(r): ids[c] for r, c in zip(rows, cols) if votes[r, c] > 0}
-    for g, group in enumerate(groups):
+    for g in range(len(groups)):
         unused = [i for i in sorted(state.shown_ids) if i not in names.values()]
-        own = [s for s in sorted(group) if s not in names.values() and s not in state.shown_ids]
-        if g not in names and (unused or own):
-            names[g] = (unused or own)[0]
+        if g not in names:
+            # Else the lowest id never shown: speakers opened and retired unseen (twins, a split) leave no gaps.
+            names[g] = (
+                unused[0]
+                if unused
+                else next(
+                    i
+                    for i in range(len(state.shown_ids) + len(groups) + 1)
+                    if i not in state.shown_ids and i not in names.values()
+                )
+            )
     state.shown_ids = sorted(set(state.shown_ids) | set(names.values()))
     return {s: names[g] for g, group in enumerate(groups) if g in names for s in group}
 
