@@ -153,16 +153,17 @@ def test_with_the_count_given_live_and_report_keep_to_it():
     assert sorted(s.total_time_ms / 1000 for s in report.speakers) == pytest.approx([3.0, 3.0, 9.0], abs=0.3)
 
 
-def test_below_the_count_a_voice_the_first_speaker_absorbed_is_split_off():
-    # Voice b lies 0.3 from voice a, within the opening distance below the floor: its first embedding joins a.
+@pytest.mark.parametrize("num_speakers", [2, None], ids=["count given", "count estimated"])
+def test_below_the_limit_a_voice_the_first_speaker_absorbed_is_split_off(num_speakers):
+    # Voice b lies 0.3 from voice a, within the opening distance (below the floor too): its first embedding joins a.
     a = np.asarray(voice(0))
     b = 0.7 * a + np.sqrt(0.51) * np.asarray(voice(1))
     talk = {0: [(0.0, 6.0)], 1: [(6.5, 12.5)], 2: [(13.0, 18.0)]}
     windows = script_windows(talk, 18.0, {0: a.tolist(), 1: b.tolist(), 2: a.tolist()})
-    never = OverlapClusteringStage(dataclasses.replace(CONFIG, floor_split_distance=None))
-    _, updates, _ = run(never, windows, 18.0, num_speakers=2)
+    never = OverlapClusteringStage(dataclasses.replace(CONFIG, split_distance=None))
+    _, updates, _ = run(never, windows, 18.0, num_speakers=num_speakers)
     assert {s.speaker for u in updates for s in u.spans} == {0}
-    state, updates, _ = run(OverlapClusteringStage(CONFIG), windows, 18.0, num_speakers=2)
+    state, updates, _ = run(OverlapClusteringStage(CONFIG), windows, 18.0, num_speakers=num_speakers)
     spans = [s for u in updates for s in u.spans]
     first = {s.speaker for s in spans if s.end_ms <= 6_000}
     late_b = {s.speaker for s in spans if 10_500 <= s.start_ms and s.end_ms <= 12_500}
@@ -172,11 +173,12 @@ def test_below_the_count_a_voice_the_first_speaker_absorbed_is_split_off():
     assert len(state.identity.apart) == 0  # they never talked at once
 
 
-def test_one_voice_is_not_split_to_fill_the_count():
+@pytest.mark.parametrize("num_speakers", [2, None], ids=["count given", "count estimated"])
+def test_one_voice_is_not_split(num_speakers):
     talk = {0: [(0.0, 6.0)], 1: [(6.5, 12.5)], 2: [(13.0, 18.0)]}
     voices = {t: voice(0, noise=0.1, seed=t) for t in talk}
     state, updates, report = run(
-        OverlapClusteringStage(CONFIG), script_windows(talk, 18.0, voices), 18.0, num_speakers=2
+        OverlapClusteringStage(CONFIG), script_windows(talk, 18.0, voices), 18.0, num_speakers=num_speakers
     )
     assert {s.speaker for u in updates for s in u.spans} == {0}
     assert len([e for e in state.identity.evidence if e > 0]) == 1

@@ -107,9 +107,9 @@ class OverlapClusteringStage:
         if fresh:
             self.report.keep_embeddings(state.report, window, fresh, speech_s, together)
         recent = None
-        if fresh and state.speaker_floor > 1 and message.step % self.config.floor_split_every_steps == 0:
+        if fresh and state.speaker_limit > 1 and message.step % self.config.split_every_steps == 0:
             recent = self.report.recent_evidence(
-                state.report, self.config.update_min_activity_s, self.config.floor_split_embeddings
+                state.report, self.config.update_min_activity_s, self.config.split_embeddings
             )
         self.identity.identify(
             state.identity, state.windows, fresh, speech_s, together, state.speaker_limit, state.speaker_floor, recent

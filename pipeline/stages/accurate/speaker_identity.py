@@ -103,7 +103,8 @@ class SpeakerIdentity:
         `windows` are the windows in hand, the newest last; `embeddings` its fresh embeddings in
         slot order, `speech_s` its speech per track and `together` its pairs of tracks talking at
         once. At most `speaker_limit` ids are shown; below `speaker_floor` speakers open more
-        readily, and with `recent` given, a voice the open speakers absorbed may be split off.
+        readily, and with `recent` given, a voice the open speakers absorbed may be split off
+        while fewer than `speaker_limit` are open.
         """
         window = windows[-1]
         for track, before in zip(window.tracks, window.follows):
@@ -119,7 +120,7 @@ class SpeakerIdentity:
             self._merge_twins(state)
             self._make_room(state, capacity)
         if recent is not None:
-            self._split_below_floor(state, recent, speaker_floor)
+            self._split_off_absorbed_voice(state, recent, speaker_limit)
         # A track missing from the newest window has ended: its evidence stays with its speaker for good.
         state.talking = {t: e for t, e in state.talking.items() if t in window.tracks}
         in_hand = {t for w in windows for t in w.tracks}
@@ -239,22 +240,24 @@ class SpeakerIdentity:
                 else:
                     _retire(state, speaker, older[nearest])
 
-    def _split_below_floor(self, state: SpeakerIdentityState, recent: RecentEvidence, speaker_floor: int) -> None:
-        """Below the floor, cluster the recent evidence into one speaker more; a cluster far enough off opens it.
+    def _split_off_absorbed_voice(
+        self, state: SpeakerIdentityState, recent: RecentEvidence, speaker_limit: int
+    ) -> None:
+        """Below the speaker limit, cluster the recent evidence into one speaker more; a cluster far enough off opens it.
 
         The clusters are matched to the open speakers by their centroids (one to one); the one
         left over is a voice the open speakers absorbed when it lies farther from every other
-        cluster than `floor_split_distance` x (1/n_a + 1/n_b), well past where twins would merge,
-        and holds at least `floor_split_min_embeddings`. Then every open speaker's evidence is its
+        cluster than `split_distance` x (1/n_a + 1/n_b), well past where twins would merge,
+        and holds at least `split_min_embeddings`. Then every open speaker's evidence is its
         cluster's, the tracks in hand follow their newest embedding's cluster, and clusters heard
         at the same time are kept apart. Evidence already given stays where the clustering put it.
         """
         config = self.config
         confirmed = [s for s in _open(state) if s != state.waiting]
         wanted = len(confirmed) + 1
-        if config.floor_split_distance is None or not confirmed or wanted > speaker_floor:
+        if config.split_distance is None or not confirmed or wanted > speaker_limit:
             return
-        if len(recent.tracks) < wanted * config.floor_split_min_embeddings:
+        if len(recent.tracks) < wanted * config.split_min_embeddings:
             return
         labels = constrained_average_linkage(
             recent.vectors,
@@ -276,8 +279,8 @@ class SpeakerIdentity:
         (new,) = [c for c in range(wanted) if c not in speaker_of_cluster]
         others = list(speaker_of_cluster)
         between = cosine_distances(sums[new][None], sums[others])[0]
-        reach = config.floor_split_distance * (1 / counts[new] + 1 / counts[others])
-        if counts[new] < config.floor_split_min_embeddings or (between <= reach).any():
+        reach = config.split_distance * (1 / counts[new] + 1 / counts[others])
+        if counts[new] < config.split_min_embeddings or (between <= reach).any():
             return
         state.centroid_sums.append([])
         state.evidence.append(0)
